@@ -1,0 +1,30 @@
+"""Companion package of the executable book "LLMs from Zero" (从零开始大模型开发与微调).
+
+Import it first in a chapter, before `transformers`: importing it switches the Hugging Face
+libraries to the book's offline cache unless ``COMPANION_ONLINE=1`` is set.
+
+>>> import companion
+>>> device = companion.setup()          # threads, seeds, print precision, plot style, quiet logs
+"""
+
+from companion import env as _env
+
+_env.configure_hugging_face()
+
+from companion.book import approx, progress, setup  # noqa: E402
+from companion.device import Precision, autocast, pick_device, precision_for  # noqa: E402
+from companion.plotting import use_book_style  # noqa: E402
+from companion.seeding import seed_everything, set_threads  # noqa: E402
+
+__all__ = [
+    "Precision",
+    "approx",
+    "autocast",
+    "pick_device",
+    "precision_for",
+    "progress",
+    "seed_everything",
+    "set_threads",
+    "setup",
+    "use_book_style",
+]
