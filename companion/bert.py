@@ -1,0 +1,210 @@
+"""A BERT encoder for pre-training in plain PyTorch: masked language modelling (+ optional NSP).
+
+Token + position + segment embeddings with LayerNorm, post-LayerNorm encoder blocks
+(x = LN(x + attn(x)), x = LN(x + mlp(x))), an MLM head (dense + GELU + LayerNorm, then a decoder
+tied to the token embedding plus a bias) and an optional next-sentence head (pooler on the first
+token + 2-way classifier): the architecture of Hugging Face's ``BertForPreTraining``, with which
+``to_hf_bert`` converts it weight for weight.
+
+>>> import torch
+>>> from companion.bert import BertConfig, BertForPreTraining
+>>> model = BertForPreTraining(BertConfig(vocab_size=1000))
+>>> ids = torch.randint(5, 1000, (2, 16))
+>>> labels = torch.full_like(ids, -100); labels[:, 3] = ids[:, 3]   # predict position 3 only
+>>> out = model(ids, labels=labels, next_sentence_label=torch.tensor([0, 1]))
+>>> out.logits.shape, out.nsp_logits.shape
+(torch.Size([2, 16, 1000]), torch.Size([2, 2]))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LN_EPS = 1e-12  # BERT's LayerNorm epsilon
+
+
+@dataclass
+class BertConfig:
+    """Sizes of a BERT; the defaults make a 4-layer, 128-wide encoder."""
+
+    vocab_size: int
+    max_position: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    intermediate: int = 512
+    dropout: float = 0.0
+    type_vocab_size: int = 2  # segments A and B
+    pad_token_id: int = 0
+    nsp_head: bool = True  # build the pooler and next-sentence classifier
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+@dataclass
+class BertOutput:
+    """What `BertForPreTraining.forward` returns (loss is None without labels)."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor  # (batch, time, vocab) MLM logits
+    nsp_logits: torch.Tensor | None = None  # (batch, 2): 0 = B follows A, 1 = B is random
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention; padding keys are hidden by the mask."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in self.qkv(x).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class EncoderBlock(nn.Module):
+    """Post-LayerNorm block as in BERT: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attn = SelfAttention(config)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=LN_EPS)
+        self.fc_in = nn.Linear(config.n_embd, config.intermediate)
+        self.fc_out = nn.Linear(config.intermediate, config.n_embd)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=LN_EPS)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.ln_1(x + self.drop(self.attn(x, mask)))
+        return self.ln_2(x + self.drop(self.fc_out(F.gelu(self.fc_in(x)))))  # exact (erf) GELU
+
+
+class BertForPreTraining(nn.Module):
+    """Embeddings, encoder, MLM head tied to the token embedding, optional NSP head."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.config = config
+        H = config.n_embd
+        self.tok_emb = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
+        self.pos_emb = nn.Embedding(config.max_position, H)
+        self.seg_emb = nn.Embedding(config.type_vocab_size, H)
+        self.emb_ln = nn.LayerNorm(H, eps=LN_EPS)
+        self.emb_drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.n_layer))
+        # MLM head: transform each position, then score it against every token embedding.
+        self.mlm_dense = nn.Linear(H, H)
+        self.mlm_ln = nn.LayerNorm(H, eps=LN_EPS)
+        self.mlm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        if config.nsp_head:  # pooler (first token -> dense -> tanh) + 2-way classifier
+            self.pooler = nn.Linear(H, H)
+            self.nsp = nn.Linear(H, 2)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            nn.init.zeros_(module.weight[module.padding_idx])
+
+    def num_parameters(self) -> int:
+        """Number of parameters (the tied decoder is the token embedding, counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                next_sentence_label: torch.Tensor | None = None) -> BertOutput:
+        """MLM logits (+ NSP logits); loss = MLM cross-entropy over labels != -100 (+ NSP loss)."""
+        B, T = input_ids.shape
+        if T > self.config.max_position:
+            raise ValueError(f"sequence of {T} tokens is longer than max_position="
+                             f"{self.config.max_position}: truncate it")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        pos = torch.arange(T, device=input_ids.device)
+        x = self.tok_emb(input_ids) + self.pos_emb(pos) + self.seg_emb(token_type_ids)
+        x = self.emb_drop(self.emb_ln(x))
+        # (B, 1, 1, T): every query may attend to every non-padding key
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, mask)
+        h = self.mlm_ln(F.gelu(self.mlm_dense(x)))
+        logits = h @ self.tok_emb.weight.t() + self.mlm_bias  # decoder tied to the embedding
+        nsp_logits = self.nsp(torch.tanh(self.pooler(x[:, 0]))) if self.config.nsp_head else None
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                   ignore_index=-100)
+        if next_sentence_label is not None:
+            if nsp_logits is None:
+                raise ValueError("next_sentence_label given, but the model has no NSP head: "
+                                 "build it with BertConfig(..., nsp_head=True)")
+            nsp_loss = F.cross_entropy(nsp_logits, next_sentence_label.reshape(-1))
+            loss = nsp_loss if loss is None else loss + nsp_loss
+        return BertOutput(loss, logits, nsp_logits)
+
+
+def to_hf_bert(model: BertForPreTraining):
+    """Copy our BERT into `transformers.BertForPreTraining` (with NSP head) or `BertForMaskedLM`."""
+    from transformers import BertConfig as HFBertConfig
+    from transformers import BertForMaskedLM
+    from transformers import BertForPreTraining as HFBertForPreTraining
+
+    c = model.config
+    hf_config = HFBertConfig(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head, intermediate_size=c.intermediate, hidden_act="gelu",
+        hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.dropout,
+        max_position_embeddings=c.max_position, type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=LN_EPS, pad_token_id=c.pad_token_id)
+    hf = (HFBertForPreTraining if c.nsp_head else BertForMaskedLM)(hf_config)
+    s = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = {
+        "bert.embeddings.word_embeddings.weight": s["tok_emb.weight"],
+        "bert.embeddings.position_embeddings.weight": s["pos_emb.weight"],
+        "bert.embeddings.token_type_embeddings.weight": s["seg_emb.weight"],
+        "bert.embeddings.LayerNorm.weight": s["emb_ln.weight"],
+        "bert.embeddings.LayerNorm.bias": s["emb_ln.bias"],
+        "cls.predictions.transform.dense.weight": s["mlm_dense.weight"],
+        "cls.predictions.transform.dense.bias": s["mlm_dense.bias"],
+        "cls.predictions.transform.LayerNorm.weight": s["mlm_ln.weight"],
+        "cls.predictions.transform.LayerNorm.bias": s["mlm_ln.bias"],
+        "cls.predictions.bias": s["mlm_bias"],
+    }
+    for i in range(c.n_layer):
+        ours, theirs = f"blocks.{i}.", f"bert.encoder.layer.{i}."
+        for kind in ("weight", "bias"):  # our fused qkv is HF's separate query, key, value
+            q, k, v = s[ours + f"attn.qkv.{kind}"].chunk(3, dim=0)
+            out[theirs + f"attention.self.query.{kind}"] = q
+            out[theirs + f"attention.self.key.{kind}"] = k
+            out[theirs + f"attention.self.value.{kind}"] = v
+            for a, b in [("attn.proj", "attention.output.dense"), ("ln_1", "attention.output.LayerNorm"),
+                         ("fc_in", "intermediate.dense"), ("fc_out", "output.dense"),
+                         ("ln_2", "output.LayerNorm")]:
+                out[theirs + f"{b}.{kind}"] = s[ours + f"{a}.{kind}"]
+    if c.nsp_head:
+        for kind in ("weight", "bias"):
+            out[f"bert.pooler.dense.{kind}"] = s[f"pooler.{kind}"]
+            out[f"cls.seq_relationship.{kind}"] = s[f"nsp.{kind}"]
+    missing, unexpected = hf.load_state_dict(out, strict=False)
+    # decoder.weight is the word embedding, decoder.bias is cls.predictions.bias (both tied)
+    missing = [m for m in missing if not m.startswith("cls.predictions.decoder.")]
+    if missing or unexpected:
+        raise RuntimeError(f"conversion mismatch: missing {missing}, unexpected {unexpected}")
+    hf.tie_weights()
+    return hf.eval() if not model.training else hf

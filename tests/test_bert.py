@@ -1,0 +1,118 @@
+"""Our BERT equals Hugging Face's BertForMaskedLM / BertForPreTraining weight for weight."""
+
+import companion  # noqa: F401  (first: offline Hugging Face cache)
+import pytest
+import torch
+from transformers import BertForMaskedLM
+from transformers import BertForPreTraining as HFBertForPreTraining
+
+from companion.bert import BertConfig, BertForPreTraining, to_hf_bert
+
+VOCAB = 120
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and a busy machine stalls two-thread kernels."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_model(nsp_head: bool, seed: int = 0) -> BertForPreTraining:
+    """A BERT whose every weight (LayerNorms and biases too) is random, so a misplaced one shows."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=VOCAB, max_position=32, n_layer=2, n_head=4, n_embd=32,
+                        intermediate=64, nsp_head=nsp_head)
+    model = BertForPreTraining(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def make_batch(seed: int = 1):
+    """Ids, a padding mask (rows of 20, 13 and 6 real tokens), segments and MLM labels at 3 spots."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (3, 20), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 13:] = 0
+    mask[2, 6:] = 0
+    ids = ids.masked_fill(mask == 0, 0)  # pad id 0
+    segments = torch.zeros_like(ids)
+    segments[:, 4:] = 1
+    segments = segments * mask
+    labels = torch.full_like(ids, -100)
+    labels[:, [1, 3, 5]] = ids[:, [1, 3, 5]]
+    return ids, mask, segments, labels
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_mlm_logits_and_loss_match_bert_for_masked_lm(padded):
+    model = make_model(nsp_head=False)
+    hf = to_hf_bert(model)
+    assert isinstance(hf, BertForMaskedLM)
+    ids, mask, segments, labels = make_batch()
+    if not padded:
+        mask = None
+    ours = model(ids, attention_mask=mask, token_type_ids=segments, labels=labels)
+    theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=segments, labels=labels)
+    assert torch.allclose(ours.logits, theirs.logits, atol=1e-5)
+    assert torch.allclose(ours.loss, theirs.loss, atol=1e-5)
+    assert ours.nsp_logits is None
+
+
+def test_padding_mask_changes_the_result_and_hides_padding():
+    model = make_model(nsp_head=False)
+    ids, mask, segments, _ = make_batch()
+    masked = model(ids, attention_mask=mask, token_type_ids=segments).logits
+    unmasked = model(ids, token_type_ids=segments).logits
+    assert not torch.allclose(masked[1:], unmasked[1:], atol=1e-3)  # the mask matters...
+    other = ids.clone()
+    other[mask == 0] = 7  # ...and what sits under it does not, on the real positions
+    real = mask.bool()
+    again = model(other, attention_mask=mask, token_type_ids=segments).logits
+    assert torch.allclose(again[real], masked[real], atol=1e-5)
+    # a row without padding gives the same logits with or without the mask
+    assert torch.allclose(masked[0], unmasked[0], atol=1e-5)
+
+
+def test_pretraining_heads_and_total_loss_match_bert_for_pretraining():
+    model = make_model(nsp_head=True)
+    hf = to_hf_bert(model)
+    assert isinstance(hf, HFBertForPreTraining)
+    ids, mask, segments, labels = make_batch()
+    nsp = torch.tensor([0, 1, 1])
+    ours = model(ids, attention_mask=mask, token_type_ids=segments, labels=labels, next_sentence_label=nsp)
+    theirs = hf(input_ids=ids, attention_mask=mask, token_type_ids=segments, labels=labels,
+                next_sentence_label=nsp)
+    assert torch.allclose(ours.logits, theirs.prediction_logits, atol=1e-5)
+    assert torch.allclose(ours.nsp_logits, theirs.seq_relationship_logits, atol=1e-5)
+    assert torch.allclose(ours.loss, theirs.loss, atol=1e-5)
+    mlm_only = model(ids, attention_mask=mask, token_type_ids=segments, labels=labels).loss
+    nsp_only = torch.nn.functional.cross_entropy(ours.nsp_logits, nsp)
+    assert torch.allclose(ours.loss, mlm_only + nsp_only, atol=1e-6)
+
+
+def test_loss_counts_only_labelled_positions():
+    model = make_model(nsp_head=False)
+    ids, mask, segments, labels = make_batch()
+    out = model(ids, attention_mask=mask, token_type_ids=segments, labels=labels)
+    logp = out.logits.log_softmax(-1)
+    where = labels != -100
+    assert where.sum() == 9
+    assert torch.allclose(out.loss, -logp[where].gather(1, labels[where][:, None]).mean(), atol=1e-5)
+
+
+def test_tied_decoder_parameter_count_and_errors():
+    for nsp_head in (False, True):
+        model = make_model(nsp_head=nsp_head)
+        hf = to_hf_bert(model)
+        assert model.num_parameters() == hf.num_parameters()
+        assert hf.cls.predictions.decoder.weight is hf.bert.embeddings.word_embeddings.weight
+    ids, mask, segments, labels = make_batch()
+    with pytest.raises(ValueError, match="nsp_head=True"):
+        make_model(nsp_head=False)(ids, next_sentence_label=torch.tensor([0, 1, 0]))
+    with pytest.raises(ValueError, match="max_position"):
+        make_model(nsp_head=False)(torch.ones(1, 33, dtype=torch.long))
