@@ -7,9 +7,14 @@ libraries to the book's offline cache unless ``COMPANION_ONLINE=1`` is set.
 >>> device = companion.setup()          # threads, seeds, print precision, plot style, quiet logs
 """
 
+import warnings as _warnings
+
 from companion import env as _env
 
 _env.configure_hugging_face()
+# The Hugging Face libraries import tqdm.auto, which warns in a kernel without ipywidgets; the
+# book's progress bars are plain text (companion.progress), so that warning says nothing.
+_warnings.filterwarnings("ignore", message="IProgress not found")
 
 from companion.book import approx, progress, setup  # noqa: E402
 from companion.device import Precision, autocast, pick_device, precision_for  # noqa: E402

@@ -9,7 +9,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+# Plain text bars everywhere: the same output in JupyterLab, nbval and a terminal, and no
+# ipywidgets needed (tqdm.auto would warn without it).
+from tqdm.std import tqdm
 
 from companion.device import pick_device
 from companion.plotting import use_book_style
@@ -62,7 +64,7 @@ def approx(value: float, digits: int = 3) -> str:
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str | None = None,
              **kwargs) -> tqdm:
-    """A tqdm progress bar (a widget in JupyterLab, text elsewhere) with the book's defaults."""
+    """A text tqdm progress bar with the book's defaults."""
     kwargs.setdefault("mininterval", 0.5)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, total=total, desc=desc, **kwargs)
