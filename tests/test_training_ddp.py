@@ -1,0 +1,42 @@
+"""Two CPU processes under `accelerate launch` (DDP, gloo) train like one with the same global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ddp_worker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    # `accelerate launch --cpu` alone starts a single process (several need MPI); --multi_gpu starts
+    # torchrun, and ACCELERATE_USE_CPU=1 makes the workers use CPU DDP with the gloo backend.
+    out = tmp_path / "two.json"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), str(Path(__file__).with_name("ddp_worker.py")), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = json.loads(out.read_text())
+    threads = torch.get_num_threads()
+    try:
+        one = ddp_worker.run()  # in this process: one process, the same global batch of 8
+    finally:
+        torch.set_num_threads(threads)
+    assert (one["processes"], two["processes"], two["backend"]) == (1, 2, "gloo")
+    assert len(two["losses"]) == 10 and len(two["eval"]) == 2
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
+    np.testing.assert_allclose(two["eval"], one["eval"], rtol=1e-4)
+    assert one["losses"][-1] < one["losses"][0]  # it trained: the comparison is not between two no-ops
