@@ -1,0 +1,110 @@
+"""Checks of book/data/milestones.csv, the table of milestone models behind the history chapter."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+CSV = Path(__file__).resolve().parents[1] / "book" / "data" / "milestones.csv"
+COLUMNS = ["year", "model", "organisation", "parameters", "training_tokens", "citation", "notes"]
+ARXIV = re.compile(r"arXiv:(\d{2})(\d{2})\.(\d{4,5})\b")
+
+
+@pytest.fixture(scope="module")
+def table() -> pd.DataFrame:
+    return pd.read_csv(CSV)
+
+
+def row(table: pd.DataFrame, model: str) -> pd.Series:
+    rows = table[table["model"] == model]
+    assert len(rows) == 1, f"expected exactly one row for {model!r}"
+    return rows.iloc[0]
+
+
+def test_columns_and_types(table):
+    assert list(table.columns) == COLUMNS
+    assert pd.api.types.is_integer_dtype(table["year"])
+    for column in ("parameters", "training_tokens"):
+        assert pd.api.types.is_float_dtype(table[column]) or pd.api.types.is_integer_dtype(table[column])
+    for column in ("model", "organisation", "citation"):
+        assert table[column].notna().all(), f"empty cell in {column}"
+        assert (table[column].str.strip().str.len() > 0).all()
+
+
+def test_years_increase_within_a_sensible_range(table):
+    years = table["year"].tolist()
+    assert years == sorted(years), "rows must be ordered by year"
+    assert years[0] == 1958 and table["model"].iloc[0] == "Perceptron"
+    assert all(1940 <= y <= 2030 for y in years)
+    assert len(table) >= 20
+
+
+def test_models_are_unique(table):
+    assert table["model"].is_unique
+
+
+def test_every_row_cites_a_paper_with_venue_or_arxiv_id(table):
+    venue = re.compile(r"(arXiv:\d{4}\.\d{4,5}|\b(19|20)\d\d\b)")
+    for _, r in table.iterrows():
+        title, sep, where = r["citation"].partition(" — ")
+        assert sep and len(title) > 10 and where, f"citation of {r['model']!r} is not 'title — venue'"
+        assert venue.search(where), f"citation of {r['model']!r} names no year or arXiv id"
+
+
+def test_arxiv_ids_agree_with_the_year_and_order(table):
+    """An arXiv id YYMM.NNNNN dates the paper: it must match `year`, and order rows within a year."""
+    dated = []
+    for _, r in table.iterrows():
+        match = ARXIV.search(r["citation"])
+        if match:
+            yy, mm = int(match.group(1)), int(match.group(2))
+            assert 1 <= mm <= 12
+            assert r["year"] == 2000 + yy, f"{r['model']}: year {r['year']} but arXiv id from 20{yy:02d}"
+            dated.append((r["year"], 2000 + yy + (mm - 1) / 12))
+    assert len(dated) >= 15
+    months = [d for _, d in dated]
+    assert months == sorted(months), "rows with arXiv ids must be in order of submission"
+
+
+def test_numbers_are_positive_whole_and_plausible(table):
+    for column, low, high in (("parameters", 1e3, 1e13), ("training_tokens", 1e8, 1e14)):
+        values = table[column].dropna()
+        assert len(values) >= 12, f"too few known {column}"
+        assert ((values >= low) & (values <= high)).all(), f"{column} outside [{low:g}, {high:g}]"
+        assert (values == values.round()).all(), f"{column} must be whole numbers"
+
+
+def test_every_empty_cell_is_explained(table):
+    for _, r in table.iterrows():
+        if math.isnan(r["parameters"]) or math.isnan(r["training_tokens"]):
+            assert isinstance(r["notes"], str) and len(r["notes"]) > 20, f"{r['model']}: explain the empty cell"
+
+
+def test_figures_that_can_be_recomputed(table):
+    # LeNet-5's trainable parameters, layer by layer as the paper describes them (5x5 kernels).
+    c3_inputs = [3] * 6 + [4] * 9 + [6]  # C3's partial connection table to S2's 6 maps
+    lenet5 = (6 * (25 + 1)                       # C1
+              + 6 * 2                            # S2: one coefficient and one bias per map
+              + sum(n * 25 + 1 for n in c3_inputs)  # C3
+              + 16 * 2                           # S4
+              + 120 * (16 * 25 + 1)              # C5
+              + 84 * (120 + 1))                  # F6
+    assert row(table, "LeNet-5")["parameters"] == lenet5 == 60_000
+    # seq2seq: 348M French + 304M English words.
+    assert row(table, "Seq2seq LSTM")["training_tokens"] == (348 + 304) * 1e6
+    # T5's "about 1 trillion": 1M steps x 2^11 sequences x 512 tokens.
+    assert row(table, "T5-11B")["training_tokens"] == pytest.approx(1e6 * 2**11 * 512, rel=0.05)
+    # Chinchilla's rule of thumb, about 20 tokens per parameter, holds for Chinchilla itself.
+    chinchilla = row(table, "Chinchilla")
+    assert chinchilla["training_tokens"] / chinchilla["parameters"] == pytest.approx(20)
+    # BERT-base and BERT-large share one corpus: 800M + 2,500M words.
+    assert row(table, "BERT-base")["training_tokens"] == row(table, "BERT-large")["training_tokens"] == 3.3e9
+
+
+def test_undisclosed_sizes_stay_empty(table):
+    gpt4 = row(table, "GPT-4")
+    assert math.isnan(gpt4["parameters"]) and math.isnan(gpt4["training_tokens"])
