@@ -16,6 +16,7 @@ _env.configure_hugging_face()
 # book's progress bars are plain text (companion.progress), so that warning says nothing.
 _warnings.filterwarnings("ignore", message="IProgress not found")
 
+from companion import resources  # noqa: E402,F401  (companion.resources.require(...))
 from companion.book import approx, progress, setup  # noqa: E402
 from companion.device import Precision, autocast, pick_device, precision_for  # noqa: E402
 from companion.plotting import use_book_style  # noqa: E402
