@@ -11,13 +11,7 @@ from companion.bert import BertConfig, BertForPreTraining, to_hf_bert
 VOCAB = 120
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine stalls two-thread kernels."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(nsp_head: bool, seed: int = 0) -> BertForPreTraining:

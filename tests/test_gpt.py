@@ -10,13 +10,7 @@ from companion.gpt import GPT, GPTConfig, to_hf_gpt2
 CONFIG = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy machine stalls two-thread kernels."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(config: GPTConfig = CONFIG, seed: int = 0) -> GPT:

@@ -25,13 +25,7 @@ from companion.training import (
 SEQ = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is faster, and on a busy 2-core machine 2 threads can be 10x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_gpt2(dropout: float = 0.0, seed: int = 0) -> GPT2LMHeadModel:
