@@ -3,6 +3,7 @@
 import companion  # noqa: F401  (first: offline Hugging Face cache)
 import pytest
 import torch
+from helpers import perturbed
 from transformers import BertForMaskedLM
 from transformers import BertForPreTraining as HFBertForPreTraining
 
@@ -19,11 +20,7 @@ def make_model(nsp_head: bool, seed: int = 0) -> BertForPreTraining:
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=VOCAB, max_position=32, n_layer=2, n_head=4, n_embd=32,
                         intermediate=64, nsp_head=nsp_head)
-    model = BertForPreTraining(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturbed(BertForPreTraining(config))
 
 
 def make_batch(seed: int = 1):

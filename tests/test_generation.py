@@ -3,6 +3,7 @@
 import companion  # noqa: F401  (first: offline Hugging Face cache)
 import pytest
 import torch
+from helpers import perturbed
 
 from companion.generation import (apply_temperature, generate, sample_next_token, top_k_filter,
                                   top_p_filter)
@@ -17,11 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make_model(seed: int = 0) -> GPT:
     """A random GPT with spread-out logits (weights perturbed) so sampling has real choices."""
     torch.manual_seed(seed)
-    model = GPT(CONFIG).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturbed(GPT(CONFIG))
 
 
 def prompt(batch: int = 2, length: int = 5) -> torch.Tensor:

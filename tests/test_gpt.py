@@ -3,6 +3,7 @@
 import companion  # noqa: F401  (first: offline Hugging Face cache)
 import pytest
 import torch
+from helpers import perturbed
 from transformers import GPT2LMHeadModel
 
 from companion.gpt import GPT, GPTConfig, to_hf_gpt2
@@ -16,11 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def make_model(config: GPTConfig = CONFIG, seed: int = 0) -> GPT:
     """A GPT whose every weight (LayerNorms and biases too) is random, so a misplaced one shows."""
     torch.manual_seed(seed)
-    model = GPT(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return perturbed(GPT(config))
 
 
 def test_logits_and_loss_match_hugging_face():
