@@ -137,7 +137,7 @@ def build(recipe: Recipe):
     """(tokenizer, model, train data, validation data, collate_fn) of a recipe."""
     from companion.bert import BertConfig, BertForPreTraining, local_attention_init
     from companion.corpora import load_movie_reviews
-    from companion.data import BlockDataset
+    from companion.data import BlockDataset, ByteTokenizer
     from companion.gpt import GPT, GPTConfig
 
     reviews = load_movie_reviews()
@@ -146,9 +146,7 @@ def build(recipe: Recipe):
     if recipe.objective == "clm":
         tokenizer = byte_tokenizer()
         eot = tokenizer.eos_token_id
-        from companion.data import ByteTokenizer
-
-        ours = ByteTokenizer(specials=(EOT,))
+        ours = ByteTokenizer(specials=(EOT,))  # the same ids, for the companion data pipeline
         train_data = BlockDataset.from_documents(ours, train_docs, recipe.block_size, separator_id=eot)
         val_data = BlockDataset.from_documents(ours, val_docs, recipe.block_size, separator_id=eot)
         model = GPT(GPTConfig(vocab_size=len(tokenizer), block_size=recipe.block_size, n_layer=recipe.n_layer,
@@ -174,12 +172,13 @@ def validation_loss(recipe: Recipe, model, val_data, collate=None) -> float:
     from torch.utils.data import default_collate
 
     model.eval()
+    device = next(model.parameters()).device  # after train() on a GPU the model stays there
     # MLM: the same masks on every call, whatever the training collator has drawn so far
     collate = default_collate if collate is None else replace(collate, generator=torch.Generator().manual_seed(1234))
     total = n = 0.0
     for i in range(0, len(val_data), 64):
         batch = collate([val_data[j] for j in range(i, min(len(val_data), i + 64))])
-        out = model(**batch)
+        out = model(**{k: v.to(device) for k, v in batch.items()})
         weight = (batch["labels"] != -100).sum().item() if recipe.objective == "mlm" else len(batch["input_ids"])
         total, n = total + out.loss.item() * weight, n + weight
     return total / n
