@@ -33,6 +33,8 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
+from companion.sft import SFTCollator, last_positions
+
 
 @torch.no_grad()
 def prefix_cache(model, ids: Sequence[int] | None = None, *, embeds: torch.Tensor | None = None) -> list:
@@ -78,18 +80,15 @@ def label_log_probs(model, queries: Sequence[Sequence[int]], label_ids: Sequence
     elif prefix is not None and not len(prefix):
         cache = None
     body, head = model.base_model, model.get_output_embeddings()
+    collate = SFTCollator(pad_id)                # right padding: each query keeps positions 0, 1, ...
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
     out = torch.empty(len(queries), len(label_ids))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        longest = max(len(queries[i]) for i in rows)
-        ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, :len(queries[i])] = torch.tensor(list(queries[i]))
+        batch = collate([{"input_ids": torch.as_tensor(list(queries[i]), dtype=torch.long)} for i in rows])
         kwargs = {"past_key_values": _expanded(cache, len(rows)), "use_cache": True} if cache is not None else {}
-        hidden = body(input_ids=ids.to(model.device), **kwargs).last_hidden_state
-        last = torch.tensor([len(queries[i]) - 1 for i in rows])
-        logits = head(hidden[torch.arange(len(rows)), last]).float()
+        hidden = body(input_ids=batch["input_ids"].to(model.device), **kwargs).last_hidden_state
+        logits = head(hidden[torch.arange(len(rows)), last_positions(batch["attention_mask"])]).float()
         out[rows] = logits.log_softmax(-1)[:, list(label_ids)].cpu()
     return out
 
