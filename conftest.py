@@ -18,6 +18,11 @@ def pytest_addoption(parser):
                      help="fail unless nbval collects every notebook listed in _toc.yml")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes tens of seconds; in the default run, "
+                                       "deselect with -m 'not slow'")
+
+
 def pytest_collection_finish(session):
     if not session.config.getoption("--book"):
         return

@@ -16,16 +16,27 @@ _env.configure_hugging_face()
 # book's progress bars are plain text (companion.progress), so that warning says nothing.
 _warnings.filterwarnings("ignore", message="IProgress not found")
 
-from companion import resources  # noqa: E402,F401  (companion.resources.require(...))
-from companion.book import approx, progress, setup  # noqa: E402
+from companion.book import approx, check, progress, setup, versions  # noqa: E402
 from companion.device import Precision, autocast, pick_device, precision_for  # noqa: E402
 from companion.plotting import use_book_style  # noqa: E402
 from companion.seeding import seed_everything, set_threads  # noqa: E402
+
+
+
+def __getattr__(name: str):
+    """`companion.resources` on first use (imported eagerly, `python -m companion.resources` warns)."""
+    if name == "resources":
+        import importlib
+
+        return importlib.import_module("companion.resources")
+    raise AttributeError(f"module 'companion' has no attribute {name!r}")
+
 
 __all__ = [
     "Precision",
     "approx",
     "autocast",
+    "check",
     "pick_device",
     "precision_for",
     "progress",
@@ -33,4 +44,5 @@ __all__ = [
     "set_threads",
     "setup",
     "use_book_style",
+    "versions",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import math
 import warnings
 from collections.abc import Iterable
@@ -68,3 +69,33 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     kwargs.setdefault("mininterval", 0.5)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, total=total, desc=desc, **kwargs)
+
+
+def versions(device: torch.device | str | None = None) -> str:
+    """One line with the versions of Python and the main libraries (and the device), for a page."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = [f"Python {platform.python_version()}"]
+    for name in ("torch", "transformers", "peft", "accelerate", "datasets"):
+        try:
+            parts.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            parts.append(f"{name} not installed")
+    if device is not None:
+        parts.append(f"device {device}")
+    return " · ".join(parts)
+
+
+def check(condition: bool, claim: str) -> None:
+    """Guard a claim the text makes about an output.
+
+    Under the test suite (``COMPANION_CHECKS=strict``, which ``make test`` sets) a claim that
+    no longer holds fails the chapter. In a reader's run, where another device, thread count or
+    library version can move a trained number a little, it only warns: the run goes on.
+    """
+    if condition:
+        return
+    if os.environ.get("COMPANION_CHECKS", "").strip().lower() == "strict":
+        raise AssertionError(f"the text claims: {claim}")
+    warnings.warn(f"your run differs from the book's: the text says {claim}", stacklevel=2)

@@ -26,6 +26,7 @@ in the order they were made), and both encode to the same ids.
 from __future__ import annotations
 
 import heapq
+import operator
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -195,8 +196,16 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """Token ids -> text: concatenate, turn every ``▁`` into a space, drop the first space."""
-        text = "".join(self.vocab[i] for i in ids).replace(SPACE, " ")
+        text = "".join(self.vocab[self._check_id(i)] for i in ids).replace(SPACE, " ")
         return text[1:] if text.startswith(" ") else text
+
+    def _check_id(self, i: int) -> int:
+        """`i` if it is an id of the vocabulary; a negative id would otherwise count from the end."""
+        i, n = operator.index(i), len(self.vocab)  # a numpy or tensor id too, but not a float
+        if not 0 <= i < n:
+            raise ValueError(f"token id {i} is not in the vocabulary: ids run from 0 to {n - 1} (vocab_size "
+                             f"{n}); were these ids made by another tokenizer?")
+        return i
 
 
 def to_hf_tokenizer(bpe: BPETokenizer):

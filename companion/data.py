@@ -55,6 +55,14 @@ class _Specials:
     cls_id = property(lambda self: self.special_id("<cls>"), doc="Id of <cls> or None.")
     sep_id = property(lambda self: self.special_id("<sep>"), doc="Id of <sep> or None.")
 
+    def _check_id(self, i: int) -> int:
+        """`i` as an int if it is an id of the vocabulary, else a ValueError naming it and the size."""
+        i, n = int(i), self.vocab_size
+        if not 0 <= i < n:
+            raise ValueError(f"token id {i} is not in the vocabulary: ids run from 0 to {n - 1} (vocab_size "
+                             f"{n}); were these ids made by another tokenizer?")
+        return i
+
     def _wrap(self, ids: list[int], add_cls_sep: bool) -> list[int]:
         if not add_cls_sep:
             return ids
@@ -88,7 +96,7 @@ class ByteTokenizer(_Specials):
     def decode(self, ids: Iterable[int], *, skip_specials: bool = False) -> str:
         """Bytes back to text; invalid UTF-8 (e.g. a cut character) becomes U+FFFD."""
         out, buf = [], bytearray()
-        for i in (int(i) for i in ids):
+        for i in (self._check_id(i) for i in ids):
             if i < 256:
                 buf.append(i)
                 continue
@@ -109,9 +117,13 @@ class CharTokenizer(_Specials):
     BERT_SPECIALS = ("<pad>", "<unk>", "<cls>", "<sep>", "<mask>")
 
     def __init__(self, chars: Sequence[str], specials: Sequence[str] = ("<unk>",)) -> None:
-        self.specials = tuple(specials)
+        self.specials, chars = tuple(specials), list(chars)
         if len(set(self.specials)) != len(self.specials):
             raise ValueError(f"duplicate special tokens in {self.specials}")
+        for c in chars:
+            if not isinstance(c, str) or len(c) != 1:
+                raise ValueError(f"each of chars must be exactly one character, got {c!r}: split it into "
+                                 "characters, or pass a longer token in specials")
         self.id_to_token = dict(enumerate([*self.specials, *chars]))
         self.token_to_id = {t: i for i, t in self.id_to_token.items()}
         if len(self.token_to_id) != len(self.id_to_token):
@@ -141,7 +153,8 @@ class CharTokenizer(_Specials):
     def decode(self, ids: Iterable[int], *, skip_specials: bool = False) -> str:
         """Ids back to text; specials are written as their names unless skipped."""
         n = len(self.specials)
-        return "".join(self.id_to_token[int(i)] for i in ids if not (skip_specials and int(i) < n))
+        ids = [self._check_id(i) for i in ids]
+        return "".join(self.id_to_token[i] for i in ids if not (skip_specials and i < n))
 
     def _state(self) -> dict:
         chars = [self.id_to_token[i] for i in range(len(self.specials), self.vocab_size)]

@@ -23,7 +23,13 @@ def is_online() -> bool:
 
 def companion_home() -> Path:
     """The book's cache folder: ``$COMPANION_HOME``, else ``~/.cache/llms-from-zero``."""
-    return Path(os.environ.get("COMPANION_HOME", "~/.cache/llms-from-zero")).expanduser()
+    home = os.environ.get("COMPANION_HOME")
+    if home is None:
+        return Path("~/.cache/llms-from-zero").expanduser()
+    if not home.strip():
+        raise ValueError("COMPANION_HOME is set but empty, which would put the book's cache in the current "
+                         "folder: unset it (for ~/.cache/llms-from-zero) or set it to a folder")
+    return Path(home).expanduser()
 
 
 def hf_home() -> Path:

@@ -106,10 +106,10 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
     done = torch.zeros(ids.size(0), dtype=torch.bool, device=ids.device)
     for _ in range(max_new_tokens):
         if use_cache and past is not None and past[0][0].size(2) < block_size:
-            out = model(ids[:, -1:], past_key_values=past, use_cache=True)  # only the new token
+            out = model(ids[:, -1:], cache=past, use_cache=True)  # only the new token
         else:  # first step, no cache, or a full window: run the (cropped) context
             out = model(ids[:, -block_size:], use_cache=use_cache)
-        past = out.past_key_values
+        past = out.cache
         next_id = sample_next_token(out.logits[:, -1], temperature=temperature, top_k=top_k,
                                     top_p=top_p, greedy=greedy, generator=generator)
         if eos_token_id is not None:

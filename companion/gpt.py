@@ -50,7 +50,7 @@ class CausalLMOutput:
 
     loss: torch.Tensor | None
     logits: torch.Tensor
-    past_key_values: KVCache | None = None
+    cache: KVCache | None = None
 
 
 class CausalSelfAttention(nn.Module):
@@ -143,15 +143,15 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, past_key_values: KVCache | None = None,
+                attention_mask: torch.Tensor | None = None, cache: KVCache | None = None,
                 use_cache: bool = False) -> CausalLMOutput:
         """Logits for every position; with `labels` (= input_ids, -100 to skip) the next-token loss.
 
         `attention_mask` (batch, past + time) marks real tokens with 1 and padding with 0;
-        `past_key_values` is the cache returned by an earlier call with `use_cache=True`.
+        `cache` is the cache returned by an earlier call with `use_cache=True`.
         """
         B, T = input_ids.shape
-        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        past_len = 0 if cache is None else cache[0][0].shape[2]
         if past_len + T > self.config.block_size:
             raise ValueError(f"sequence of {past_len + T} tokens is longer than block_size="
                              f"{self.config.block_size}: crop it, e.g. input_ids[:, -block_size:]")
@@ -160,7 +160,7 @@ class GPT(nn.Module):
         mask = self._attention_mask(attention_mask, B, T, past_len, input_ids.device)
         new_cache = []
         for i, block in enumerate(self.transformer.h):
-            x, kv = block(x, mask, None if past_key_values is None else past_key_values[i])
+            x, kv = block(x, mask, None if cache is None else cache[i])
             new_cache.append(kv)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None

@@ -26,14 +26,27 @@ plain `nn.Linear` layers for inference:
 ['attn.query.lora_A.weight', 'attn.query.lora_B.weight']
 >>> type(merge_lora(model).attn.query).__name__
 'Linear'
+
+`save_lora` writes the adapter to a safetensors file with its r, alpha and target_modules (the
+full names of the adapted layers) in the file's metadata; `load_lora` loads it only into a model
+wrapped alike, and says how to wrap it otherwise. A merged layer's base weight already holds
+B @ A, so the layers `add_lora` makes refuse `state_dict()` and `load_state_dict()` while merged
+(the update would count twice in an unmerged model, or the new A and B would not replace it):
+unmerge first, or save the adapter alone, which is the same merged or not.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
+
+CONFIG_KEYS = ("r", "alpha", "target_modules")  # what an adapter file of save_lora records
 
 
 class LoRALinear(nn.Module):
@@ -122,8 +135,39 @@ def add_lora(model: nn.Module, target_modules: list[str], *, r: int = 8, alpha: 
                          f"{not_linear[:8]}; pick names of nn.Linear layers, e.g. {linear_names[:8]}")
     model.requires_grad_(False)
     for name, module in matched:
-        _set_submodule(model, name, LoRALinear(module, r=r, alpha=alpha, dropout=dropout))
+        layer = LoRALinear(module, r=r, alpha=alpha, dropout=dropout)
+        # Hooks rather than methods: the PEFT chapter prints LoRALinear's source, which stays as it is.
+        layer.register_state_dict_pre_hook(_refuse_merged_state_dict)
+        layer.register_load_state_dict_pre_hook(_check_loaded_state)
+        _set_submodule(model, name, layer)
     return model
+
+
+def _merged_message(names: list[str]) -> str:
+    """What is wrong with a merged layer's state, and what to do."""
+    shown = ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
+    return (f"{shown} is merged: its base_layer.weight already holds the LoRA update B @ A, so a state "
+            "dict of it would add the update twice in an unmerged model, and new A and B loaded into it "
+            "would not replace the old update. Call unmerge() on the LoRA layers first (merge() again "
+            "afterwards); save_lora / lora_state_dict give the adapter alone, the same merged or not; "
+            "merge_lora(model) gives a plain merged model")
+
+
+def _refuse_merged_state_dict(layer: LoRALinear, prefix: str, keep_vars: bool) -> None:
+    """state_dict pre-hook of the layers add_lora makes: no state dict while merged."""
+    if layer.merged:
+        raise ValueError(_merged_message([prefix[:-1] or "the LoRA layer"]))
+
+
+def _check_loaded_state(layer: LoRALinear, state_dict: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: refuse a merge_lora state dict, and loading into a merged layer."""
+    name = prefix[:-1] or "the LoRA layer"
+    if prefix + "weight" in state_dict:  # a plain nn.Linear at this name: the state dict of merge_lora
+        raise ValueError(f"the state dict has {prefix}weight, a plain nn.Linear weight as merge_lora leaves "
+                         f"it, but {name} is a LoRALinear (its weight is {prefix}base_layer.weight): a "
+                         "merged model's state dict belongs in the base model, without add_lora")
+    if layer.merged and any(key.startswith(prefix) for key in state_dict):
+        raise ValueError(_merged_message([name]))
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -136,10 +180,66 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the LoRA tensors (``<layer>.lora_A.weight``, ``<layer>.lora_B.weight``): an adapter file."""
+    """Only the LoRA tensors (``<layer>.lora_A.weight``, ``<layer>.lora_B.weight``): peft's adapter keys."""
     return {f"{name}.{part}.weight".lstrip("."): getattr(module, part).weight
             for name, module in model.named_modules() if isinstance(module, LoRALinear)
             for part in ("lora_A", "lora_B")}
+
+
+def lora_config(model: nn.Module) -> dict:
+    """The adapter's r, alpha and target_modules (the full names of its LoRA layers: an add_lora list)."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    if not layers:
+        raise ValueError("the model has no LoRALinear layer: wrap it with add_lora(model, target_modules, "
+                         "r=..., alpha=...) first (merge_lora replaces them by plain nn.Linear layers)")
+    settings = sorted({(m.r, m.alpha) for m in layers.values()})
+    if len(settings) > 1:
+        raise ValueError(f"the LoRA layers have different (r, alpha): {settings}; an adapter file records "
+                         "one r and one alpha: wrap every layer with the same values")
+    (r, alpha), = settings
+    return {"r": r, "alpha": alpha, "target_modules": list(layers)}
+
+
+def save_lora(model: nn.Module, path: str | Path) -> None:
+    """Write `lora_state_dict(model)` as safetensors, with `lora_config(model)` in the file's metadata."""
+    config = lora_config(model)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in lora_state_dict(model).items()}
+    save_file(tensors, str(path), metadata={key: json.dumps(value) for key, value in config.items()})
+
+
+def load_lora(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a `save_lora` file into `model` (in place), refusing a different r, alpha or target_modules."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    if any(key not in metadata for key in CONFIG_KEYS):
+        raise ValueError(f"{path} does not record {', '.join(CONFIG_KEYS)}: it was not written by "
+                         "save_lora; load bare lora_A / lora_B tensors with "
+                         "model.load_state_dict(tensors, strict=False)")
+    saved = {key: json.loads(metadata[key]) for key in CONFIG_KEYS}
+    current = lora_config(model)
+    problems = [f"{key}={saved[key]} in the file, {key}={current[key]} in the model"
+                for key in ("r", "alpha") if saved[key] != current[key]]
+    if set(saved["target_modules"]) != set(current["target_modules"]):
+        only_file = [n for n in saved["target_modules"] if n not in current["target_modules"]]
+        only_model = [n for n in current["target_modules"] if n not in saved["target_modules"]]
+        problems.append(f"target_modules differ (only in the file: {only_file[:4]}, only in the model: "
+                        f"{only_model[:4]})")
+    if problems:
+        targets = saved["target_modules"]
+        shown = f"{targets[:4]}"[:-1] + (", ...]" if len(targets) > 4 else "]")
+        raise ValueError(f"{path} was saved from a LoRA model wrapped differently: {'; '.join(problems)}. "
+                         f"Wrap the base model as it was: add_lora(model, {shown}, r={saved['r']}, "
+                         f"alpha={saved['alpha']}) (the full list: lora_config or the file's metadata)")
+    merged = [name for name, m in model.named_modules() if isinstance(m, LoRALinear) and m.merged]
+    if merged:  # checked here too, so that nothing is half loaded (and for layers not made by add_lora)
+        raise ValueError(_merged_message(merged))
+    expected = set(lora_state_dict(model))
+    if set(tensors) != expected:
+        raise ValueError(f"{path} holds tensors {sorted(set(tensors) - expected)[:4]} and lacks "
+                         f"{sorted(expected - set(tensors))[:4]}: it does not match its own metadata")
+    model.load_state_dict(tensors, strict=False)
+    return model
 
 
 def count_trainable(model: nn.Module) -> tuple[int, int]:

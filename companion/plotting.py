@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import matplotlib
@@ -10,25 +9,33 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib import font_manager
 
+
 # Fonts tried, in order, for CJK text: the Noto font the resources installer provides, then the
 # ones macOS, Windows and Linux desktops usually have.
 CJK_FONT_NAMES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "PingFang SC", "Heiti SC",
                   "Microsoft YaHei", "SimHei", "WenQuanYi Micro Hei", "Source Han Sans SC")
 
 
+_registered: set[Path] = set()  # fonts already added to matplotlib's font manager
+
+
 def _bundled_cjk_font() -> Path | None:
-    spec = importlib.util.find_spec("mplfonts")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(spec.submodule_search_locations[0]) / "fonts" / "NotoSansCJKsc-Regular.otf"
-    return path if path.exists() else None
+    """The Noto CJK font of the `cjk-font` resource if it is installed (existence only: cheap)."""
+    from companion import resources  # not at the top: `python -m companion.resources` would warn
+
+    path = resources.data_path("cjk-font")
+    return path if path.is_file() else None
 
 
 def cjk_font_name() -> str | None:
     """Name of a font that has Chinese glyphs, registering the bundled one; None if there is none."""
     bundled = _bundled_cjk_font()
-    if bundled is not None:
-        font_manager.fontManager.addfont(str(bundled))
+    if bundled is not None and bundled not in _registered:
+        try:
+            font_manager.fontManager.addfont(str(bundled))
+            _registered.add(bundled)
+        except (OSError, RuntimeError, ValueError):  # a damaged file: verify/install reports and repairs it
+            pass
     available = {font.name for font in font_manager.fontManager.ttflist}
     return next((name for name in CJK_FONT_NAMES if name in available), None)
 

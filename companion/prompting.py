@@ -51,7 +51,7 @@ def prefix_cache(model, ids: Sequence[int] | None = None, *, embeds: torch.Tenso
         kwargs = {"input_ids": torch.tensor([list(ids)], device=model.device)}
     else:
         kwargs = {"inputs_embeds": embeds.reshape(1, -1, embeds.shape[-1]).to(model.device, model.dtype)}
-    cache = model.base_model(**kwargs, use_cache=True).past_key_values
+    cache = model.base_model(**kwargs, use_cache=True).cache
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
@@ -74,20 +74,30 @@ def label_log_probs(model, queries: Sequence[Sequence[int]], label_ids: Sequence
     """
     if any(len(q) == 0 for q in queries):
         raise ValueError("every query needs at least one token: the label is read after its last one")
+    body, head = model.base_model, model.get_output_embeddings()
+    vocab = head.out_features
+    bad = [i for i in label_ids if not 0 <= int(i) < vocab]
+    if bad:
+        raise ValueError(f"label ids {bad} are not in the vocabulary (0 to {vocab - 1}): pass the "
+                         "token id of each label word, e.g. tokenizer.encode(' positive')[0]")
     cache = prefix
     if prefix is not None and len(prefix) and not isinstance(prefix[0], tuple):
         cache = prefix_cache(model, prefix)
     elif prefix is not None and not len(prefix):
         cache = None
-    body, head = model.base_model, model.get_output_embeddings()
     collate = SFTCollator(pad_id)                # right padding: each query keeps positions 0, 1, ...
     order = sorted(range(len(queries)), key=lambda i: len(queries[i]))
     out = torch.empty(len(queries), len(label_ids))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = collate([{"input_ids": torch.as_tensor(list(queries[i]), dtype=torch.long)} for i in rows])
-        kwargs = {"past_key_values": _expanded(cache, len(rows)), "use_cache": True} if cache is not None else {}
-        hidden = body(input_ids=batch["input_ids"].to(model.device), **kwargs).last_hidden_state
+        kwargs = {"cache": _expanded(cache, len(rows)), "use_cache": True} if cache is not None else {}
+        output = body(input_ids=batch["input_ids"].to(model.device), **kwargs)
+        seen = cache[0][0].shape[2] + batch["input_ids"].shape[1] if cache is not None else None
+        if seen is not None and output.cache.get_seq_length() != seen:  # a model that drops `cache`
+            raise RuntimeError(f"{type(body).__name__} ignored the prefix cache: the scores would "
+                               "not see the prefix. Pass prefix=None and put the prefix in each query.")
+        hidden = output.last_hidden_state
         logits = head(hidden[torch.arange(len(rows)), last_positions(batch["attention_mask"])]).float()
         out[rows] = logits.log_softmax(-1)[:, list(label_ids)].cpu()
     return out

@@ -1,14 +1,19 @@
 """The recipes behind the book's small pre-trained checkpoints, and the command that reruns them.
 
-    python -m companion.recipes book-gpt            # the byte-level GPT of the GPT chapter, run longer
+    python -m companion.recipes book-gpt            # the byte-level GPT of the GPT chapter, into runs/book-gpt
     python -m companion.recipes book-bert           # the character-level BERT of the BERT chapter, run longer
     python -m companion.recipes book-bert --steps 50 --out /tmp/bert   # a quick check elsewhere
+    python -m companion.recipes book-gpt --replace-shipped   # maintainers: refresh the shipped copy
 
 Each run trains with `companion.training.train` on the movie-review corpus and writes a plain
 Hugging Face folder (`config.json`, `model.safetensors`, the tokenizer, `recipe.json` with the
 figures of the run) that `AutoModelForCausalLM` / `AutoModelForMaskedLM` / `AutoTokenizer` load.
-By default it writes into `companion/checkpoints/<key>`, where the registry
-(`companion.resources`) finds the shipped copies by name.
+By default it writes into `runs/<key>` under the current folder; it never writes into
+`companion/checkpoints`, where the registry (`companion.resources`) finds the shipped copies by
+name, and refuses an `--out` there. Maintainers replace a shipped copy explicitly:
+`--replace-shipped` runs the full recipe into `runs/<key>` (or `--out`), then swaps the folder into
+`companion/checkpoints/<key>`; `python tools/register_checkpoints.py` then records its new sha256
+sums and figures in the registry.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import datetime
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +34,7 @@ import torch
 from companion.resources import CHECKPOINTS
 
 EOT = "<|endoftext|>"
+RUNS = Path("runs")  # the command's default output: runs/<key> under the current folder
 
 
 @dataclass(frozen=True)
@@ -184,13 +191,35 @@ def validation_loss(recipe: Recipe, model, val_data, collate=None) -> float:
     return total / n
 
 
+def is_shipped(path: Path) -> bool:
+    """Whether `path` is inside companion/checkpoints, where the shipped checkpoints live."""
+    return Path(path).resolve().is_relative_to(CHECKPOINTS.resolve())
+
+
+def install(folder: Path, key: str) -> Path:
+    """Replace the shipped checkpoint `key` by the run in `folder` (a maintainer's explicit step)."""
+    dest = CHECKPOINTS / key
+    new, old = dest.with_name(f".{key}.new"), dest.with_name(f".{key}.old")
+    for leftover in (new, old):  # from an interrupted install
+        shutil.rmtree(leftover, ignore_errors=True)
+    shutil.copytree(folder, new)
+    if dest.exists():
+        dest.rename(old)
+    new.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
 def run(recipe: Recipe, out: Path, *, steps: int | None = None) -> dict:
     """Train `recipe` (optionally for another number of steps) and write its folder to `out`."""
     from companion.bert import to_hf_bert
-    from companion.device import pick_device
     from companion.gpt import to_hf_gpt2
     from companion.training import train
 
+    if is_shipped(out):
+        raise ValueError(f"{out} is inside {CHECKPOINTS}, where the shipped checkpoints live: write the run "
+                         "elsewhere, then replace a shipped copy with install() (python -m companion.recipes "
+                         "KEY --replace-shipped)")
     steps = steps or recipe.steps
     tokenizer, model, train_data, val_data, collate = build(recipe)
     start = time.perf_counter()
@@ -207,7 +236,7 @@ def run(recipe: Recipe, out: Path, *, steps: int | None = None) -> dict:
         "tokens": result.step * per_step,
         "train_seconds": round(seconds, 1),
         "tokens_per_s": round(result.tokens_per_s, 1),
-        "device": f"{pick_device()} ({platform.processor() or platform.machine()}, "
+        "device": f"{next(model.parameters()).device} ({platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} threads)",
         "final_validation_loss": round(final, 4),
         "validation_loss_unit": "nats per byte" if recipe.objective == "clm" else "nats per masked character",
@@ -226,21 +255,33 @@ def run(recipe: Recipe, out: Path, *, steps: int | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: python -m companion.recipes KEY [--steps N] [--out DIR]."""
+    """Command line: python -m companion.recipes KEY [--steps N] [--out DIR] [--replace-shipped]."""
     import companion
 
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES))
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps")
-    parser.add_argument("--out", type=Path, help="output folder (default: companion/checkpoints/KEY)")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/KEY under the current folder; "
+                        "never inside companion/checkpoints)")
+    parser.add_argument("--replace-shipped", action="store_true",
+                        help="maintainers: after the full run, replace companion/checkpoints/KEY by it "
+                             "(then run python tools/register_checkpoints.py)")
     args = parser.parse_args(argv)
-    companion.setup()
     recipe = RECIPES[args.key]
-    out = args.out or CHECKPOINTS / recipe.key
+    out = args.out or RUNS / recipe.key
+    if is_shipped(out):
+        parser.error(f"--out {out} is inside {CHECKPOINTS}, where the shipped checkpoints live: pass "
+                     "another folder; to refresh a shipped checkpoint, add --replace-shipped without --out")
+    if args.replace_shipped and args.steps not in (None, recipe.steps):
+        parser.error(f"--replace-shipped ships the recipe's full run ({recipe.steps} steps): drop --steps")
+    companion.setup()
+    print(f"writing {out.resolve()}")
     figures = run(recipe, out, steps=args.steps)
     print(json.dumps({k: v for k, v in figures.items() if k != "history"}, indent=1))
-    print(f"wrote {out}; validation loss {figures['final_validation_loss']:.4f} "
+    print(f"wrote {out.resolve()}; validation loss {figures['final_validation_loss']:.4f} "
           f"({math.exp(figures['final_validation_loss']):.2f} perplexity)")
+    if args.replace_shipped:
+        print(f"replaced {install(out, recipe.key)}: now run python tools/register_checkpoints.py")
     return 0
 
 

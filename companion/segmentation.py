@@ -17,7 +17,8 @@ gold word.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Sequence
+import functools
+from collections.abc import Callable, Container, Iterable, Sequence
 
 
 def max_match(text: str, vocab: Container[str], max_len: int) -> list[str]:
@@ -32,6 +33,22 @@ def max_match(text: str, vocab: Container[str], max_len: int) -> list[str]:
                 i += length
                 break
     return words
+
+
+def _checked(match: Callable[[str, Container[str], int], list[str]]) -> Callable[..., list[str]]:
+    """`match` with max_len checked first: below 1 no length fits, and the loop would never end."""
+
+    @functools.wraps(match)  # inspect.getsource still shows `match` itself: the chapter prints it
+    def checked(text: str, vocab: Container[str], max_len: int) -> list[str]:
+        if max_len < 1:
+            raise ValueError("max_len must be at least 1 (the longest word to look up, in characters), "
+                             f"got {max_len}: 1 gives single characters, max(map(len, vocab)) every word")
+        return match(text, vocab, max_len)
+
+    return checked
+
+
+max_match = _checked(max_match)
 
 
 def words_to_spans(words: Sequence[str]) -> list[tuple[int, int]]:

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from helpers import deprecations_from_companion
+
 
 @pytest.fixture(scope="module")
 def one_thread():
@@ -12,3 +14,15 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
+@pytest.fixture(autouse=True)
+def no_deprecated_calls_from_companion():
+    """Fail a test when code in `companion` calls an API its library has deprecated.
+
+    A DeprecationWarning or FutureWarning whose stack passes through `companion/` is an error,
+    wherever the library attributes it: the next deprecation is caught here, not by a reader.
+    """
+    with deprecations_from_companion() as caught:
+        yield
+    if caught:
+        pytest.fail("companion calls a deprecated API:\n" + "\n".join(caught), pytrace=False)

@@ -136,3 +136,12 @@ def test_same_merges_and_ids_as_tokenizers_on_chinese():
     hf = to_hf_tokenizer(ours)
     for text in data["test"][:200]["text"]:
         assert ours.encode(text) == hf.encode(text).ids
+
+
+@pytest.mark.parametrize("bad", [-1, 18, 1000])
+def test_decode_rejects_ids_outside_the_vocabulary(bad):
+    tok = BPETokenizer.train("low low low lower lower newest newest widest", vocab_size=18)
+    assert len(tok) == 18 and tok.decode([len(tok) - 1]) == tok.vocab[-1].replace("▁", " ").lstrip(" ")
+    # -1 used to decode to the last token, like a Python list index, and 18 to raise a bare IndexError
+    with pytest.raises(ValueError, match=rf"token id {bad} is not in the vocabulary.*0 to 17.*vocab_size 18"):
+        tok.decode([5, bad])

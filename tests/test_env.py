@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import companion  # noqa: F401  (configures the environment on import)
 from companion.env import companion_home, hf_home
 
@@ -43,3 +45,12 @@ def test_importing_after_transformers_warns(tmp_path):
     env["COMPANION_HOME"] = str(tmp_path)
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True)
     assert "put `import companion` first" in out.stderr
+
+
+def test_an_empty_home_is_an_error_not_the_current_folder(monkeypatch):
+    for empty in ("", "  "):
+        monkeypatch.setenv("COMPANION_HOME", empty)
+        with pytest.raises(ValueError, match="COMPANION_HOME is set but empty.*unset it"):
+            companion_home()
+        with pytest.raises(ValueError, match="COMPANION_HOME is set but empty"):
+            hf_home()

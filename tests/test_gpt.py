@@ -72,7 +72,7 @@ def test_left_padding_matches_hugging_face_and_works_with_the_cache():
     assert torch.isfinite(ours).all()
     assert torch.allclose(ours[real], hf(input_ids=ids, attention_mask=mask).logits[real], atol=1e-5)
     first = model(ids[:, :7], attention_mask=mask[:, :7], use_cache=True)
-    rest = model(ids[:, 7:], attention_mask=mask, past_key_values=first.past_key_values)
+    rest = model(ids[:, 7:], attention_mask=mask, cache=first.cache)
     assert torch.allclose(torch.cat([first.logits, rest.logits], dim=1)[real], ours[real], atol=1e-5)
 
 
@@ -82,14 +82,14 @@ def test_kv_cache_equals_full_forward():
     full = model(ids).logits
     out = model(ids[:, :10], use_cache=True)  # prefill 10 tokens, then a chunk of 4, then one by one
     steps = [out.logits]
-    out = model(ids[:, 10:14], past_key_values=out.past_key_values, use_cache=True)
+    out = model(ids[:, 10:14], cache=out.cache, use_cache=True)
     steps.append(out.logits)
     for t in range(14, 24):
-        out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+        out = model(ids[:, t:t + 1], cache=out.cache, use_cache=True)
         steps.append(out.logits)
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
-    k, v = out.past_key_values[0]
-    assert len(out.past_key_values) == CONFIG.n_layer
+    k, v = out.cache[0]
+    assert len(out.cache) == CONFIG.n_layer
     assert k.shape == v.shape == (2, CONFIG.n_head, 24, CONFIG.n_embd // CONFIG.n_head)
 
 

@@ -2,13 +2,17 @@
 
 import companion  # noqa: F401  (first: offline Hugging Face cache)
 import copy
+import json
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 
+from companion import lora
 from companion.lora import LoRALinear, add_lora, count_trainable, lora_state_dict, merge_lora
 
 pytestmark = [
@@ -164,3 +168,107 @@ def test_bad_target_modules_say_what_to_use():
         add_lora(gpt2, ["c_attn"])
     with pytest.raises(TypeError, match="list"):
         add_lora(tiny_bert(), "query")
+
+
+def merge_all(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.merge()
+
+
+def outputs(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch()).last_hidden_state
+
+
+def test_state_dict_of_a_merged_model_is_refused_not_counted_twice():
+    model = add_lora(tiny_bert(), TARGETS, r=4, alpha=8)
+    randomize_lora_b(model)
+    expected = outputs(model)
+    merge_all(model)
+    # base_layer.weight now holds W + BA: loaded into an unmerged model, BA would be added twice
+    with pytest.raises(ValueError, match=r"layer\.0\.attention\.self\.query is merged.*twice.*unmerge\(\)"):
+        model.state_dict()
+    # the adapter alone does not depend on merging: it gives the same model in an unmerged copy
+    fresh = add_lora(tiny_bert(), TARGETS, r=4, alpha=8)
+    fresh.load_state_dict(lora_state_dict(model), strict=False)
+    torch.testing.assert_close(outputs(fresh), expected)
+    # unmerged again, the whole state dict round-trips
+    for m in model.modules():
+        if isinstance(m, LoRALinear):
+            m.unmerge()
+    fresh = add_lora(tiny_bert(seed=5), TARGETS, r=4, alpha=8)
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(outputs(fresh), expected)
+
+
+def test_loading_into_a_merged_model_is_refused():
+    trained = add_lora(tiny_bert(), TARGETS, r=4, alpha=8)
+    randomize_lora_b(trained)
+    model = add_lora(tiny_bert(), TARGETS, r=4, alpha=8)
+    randomize_lora_b(model, seed=3)
+    merge_all(model)  # its base weights hold its own update: new A and B would not replace it
+    with pytest.raises(ValueError, match=r"attention\.self\.query is merged.*unmerge\(\)"):
+        model.load_state_dict(lora_state_dict(trained), strict=False)
+
+
+def test_a_merge_lora_state_dict_is_not_silently_skipped():
+    model = add_lora(tiny_bert(), TARGETS, r=4, alpha=8)
+    randomize_lora_b(model)
+    merged = merge_lora(copy.deepcopy(model)).state_dict()  # plain "...query.weight" = W + BA
+    # strict=False used to skip the adapted layers without a word (their keys differ)
+    with pytest.raises(ValueError, match=r"query\.weight.*merge_lora.*base model"):
+        add_lora(tiny_bert(), TARGETS, r=4, alpha=8).load_state_dict(merged, strict=False)
+    base = tiny_bert()
+    base.load_state_dict(merged)  # where it belongs: the base model, without add_lora
+    torch.testing.assert_close(outputs(base), outputs(model), atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_file_records_rank_alpha_and_targets(tmp_path):
+    base = tiny_bert()
+    model = add_lora(copy.deepcopy(base), TARGETS, r=4, alpha=8)
+    randomize_lora_b(model)
+    path = tmp_path / "adapter.safetensors"
+    lora.save_lora(model, path)
+    with safe_open(str(path), framework="pt") as f:
+        config = {key: json.loads(value) for key, value in f.metadata().items()}
+        keys = set(f.keys())
+    names = [f"encoder.layer.{i}.attention.self.{t}" for i in range(2) for t in TARGETS]
+    assert config == {"r": 4, "alpha": 8, "target_modules": names} == lora.lora_config(model)
+    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    assert keys == {k.removeprefix("base_model.model.") for k in get_peft_model_state_dict(theirs)}
+    fresh = lora.load_lora(add_lora(copy.deepcopy(base), TARGETS, r=4, alpha=8), path)
+    torch.testing.assert_close(outputs(fresh), outputs(model))
+    # merged or not, the adapter is the same A and B
+    merge_all(model)
+    lora.save_lora(model, tmp_path / "merged.safetensors")
+    fresh = add_lora(copy.deepcopy(base), TARGETS, r=4, alpha=8)
+    lora.load_lora(fresh, tmp_path / "merged.safetensors")
+    torch.testing.assert_close(outputs(fresh), outputs(model), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("targets", "r", "alpha", "message"), [
+    (TARGETS, 2, 8, r"r=4 in the file, r=2 in the model"),
+    (TARGETS, 4, 16, r"alpha=8 in the file, alpha=16 in the model"),
+    (["query"], 4, 8, r"target_modules differ.*only in the file: \['encoder\.layer\.0\.attention\.self\.v"),
+    (["query", "key", "value"], 4, 8, r"only in the model: \['encoder\.layer\.0\.attention\.self\.key'"),
+])
+def test_load_lora_refuses_a_different_configuration(tmp_path, targets, r, alpha, message):
+    model = add_lora(tiny_bert(), TARGETS, r=4, alpha=8)
+    randomize_lora_b(model)
+    lora.save_lora(model, tmp_path / "adapter.safetensors")
+    other = add_lora(tiny_bert(), targets, r=r, alpha=alpha)
+    before = {k: v.clone() for k, v in lora_state_dict(other).items()}
+    with pytest.raises(ValueError, match=message + r".*add_lora\(model, \[.*\], r=4, alpha=8\)"):
+        lora.load_lora(other, tmp_path / "adapter.safetensors")
+    assert all(torch.equal(v, before[k]) for k, v in lora_state_dict(other).items())  # nothing half loaded
+
+
+def test_load_lora_refuses_files_without_a_config_and_models_without_lora(tmp_path):
+    model = add_lora(tiny_bert(), TARGETS, r=4, alpha=8)
+    bare = {k: v.contiguous() for k, v in lora_state_dict(model).items()}  # an adapter without its config
+    save_file(bare, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(ValueError, match=r"does not record r, alpha, target_modules.*save_lora"):
+        lora.load_lora(model, tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match=r"no LoRALinear layer.*add_lora"):
+        lora.save_lora(merge_lora(model), tmp_path / "none.safetensors")

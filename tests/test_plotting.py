@@ -28,3 +28,33 @@ def test_style_sets_readable_defaults():
     use_book_style()
     assert tuple(matplotlib.rcParams["figure.figsize"]) == (6.4, 3.6)
     assert matplotlib.rcParams["axes.unicode_minus"] is False
+
+
+def test_the_cjk_font_comes_from_the_registry_not_a_package(monkeypatch, tmp_path):
+    from companion import plotting, resources
+
+    monkeypatch.setenv("COMPANION_HOME", str(tmp_path))
+    added = []
+    monkeypatch.setattr(plotting.font_manager.fontManager, "addfont", added.append)
+    monkeypatch.setattr(plotting, "_registered", set())
+    assert plotting._bundled_cjk_font() is None
+    use_book_style()  # not installed: falls back to the system fonts, no error
+    assert added == []
+    font = resources.data_path("cjk-font")
+    assert font == tmp_path / "data" / "mplfonts" / "fonts" / "NotoSansCJKsc-Regular.otf"
+    font.parent.mkdir(parents=True)
+    font.write_bytes(b"font")
+    use_book_style()
+    use_book_style()
+    assert added == [str(font)]  # registered once, never hashed or imported from mplfonts
+
+
+def test_a_damaged_font_file_falls_back(monkeypatch, tmp_path):
+    from companion import plotting, resources
+
+    monkeypatch.setenv("COMPANION_HOME", str(tmp_path))
+    monkeypatch.setattr(plotting, "_registered", set())
+    font = resources.data_path("cjk-font")
+    font.parent.mkdir(parents=True)
+    font.write_bytes(b"not a font" * 100)
+    use_book_style()

@@ -87,3 +87,23 @@ def test_clear_errors():
         prefix_cache(model)
     with pytest.raises(ValueError, match="empty"):
         prefix_cache(model, [])
+
+
+@pytest.mark.parametrize("bad", [-1, 50, 1000])
+def test_label_ids_outside_the_vocabulary_are_an_error(bad):
+    # -1 used to score the last vocabulary entry silently (negative indexing).
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        label_log_probs(tiny_gpt2(), QUERIES, [10, bad])
+
+
+def test_a_model_that_drops_the_cache_argument_is_an_error(monkeypatch):
+    """A model that silently ignores `cache` would score the queries without their prefix."""
+    model = tiny_llama()
+    forward = type(model.base_model).forward
+
+    def ignore_cache(self, *args, cache=None, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.base_model), "forward", ignore_cache)
+    with pytest.raises(RuntimeError, match="ignored the prefix cache"):
+        label_log_probs(model, QUERIES, LABELS, prefix=PREFIX)

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,3 +106,58 @@ def test_a_corrupt_checkpoint_is_refused_with_the_command_that_remakes_it(tmp_pa
     monkeypatch.setattr(resources, "CHECKPOINTS", tmp_path)
     with pytest.raises(ResourceMissing, match=f"python -m companion.recipes {key}"):
         resources.model_dir(key)
+
+
+# --- the command line never overwrites a shipped checkpoint ------------------------------------
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """recipes.run replaced by a stub that writes a small folder and records where."""
+    outs = []
+
+    def run(recipe, out, *, steps=None):
+        outs.append(Path(out))
+        if Path(out).resolve().is_relative_to(resources.CHECKPOINTS.resolve()):
+            return {"steps": 0, "final_validation_loss": 1.0}  # never touch the real shipped copies
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "recipe.json").write_text(json.dumps({"steps": steps or recipe.steps}))
+        return {"steps": steps or recipe.steps, "final_validation_loss": 1.0, "history": {}}
+
+    monkeypatch.setattr(recipes, "run", run)
+    return outs
+
+
+def test_the_command_writes_to_runs_key_by_default(tmp_path, monkeypatch, fake_run, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert recipes.main(["book-gpt", "--steps", "3"]) == 0
+    assert fake_run == [Path("runs/book-gpt")]
+    assert f"wrote {tmp_path / 'runs' / 'book-gpt'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("inside", ["book-gpt", "book-bert", ".", "book-gpt/sub"])
+def test_the_command_refuses_an_out_inside_the_shipped_checkpoints(inside, fake_run, capsys):
+    out = resources.CHECKPOINTS / inside
+    with pytest.raises(SystemExit) as exit_info:
+        recipes.main(["book-gpt", "--steps", "3", "--out", str(out)])
+    assert exit_info.value.code != 0 and fake_run == []
+    assert "where the shipped checkpoints live" in capsys.readouterr().err
+
+
+def test_run_refuses_the_shipped_folder_before_training(monkeypatch):
+    monkeypatch.setattr(recipes, "build", lambda recipe: pytest.fail("run() started training"))
+    with pytest.raises(ValueError, match="where the shipped checkpoints live"):
+        recipes.run(recipes.RECIPES["book-gpt"], resources.CHECKPOINTS / "book-gpt", steps=1)
+
+
+def test_replace_shipped_swaps_the_new_run_in(tmp_path, monkeypatch, fake_run, capsys):
+    shipped = tmp_path / "checkpoints"
+    (shipped / "book-gpt").mkdir(parents=True)
+    (shipped / "book-gpt" / "old-file.bin").write_bytes(b"old")
+    monkeypatch.setattr(recipes, "CHECKPOINTS", shipped)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):  # the shipped copy is the recipe's full run
+        recipes.main(["book-gpt", "--steps", "3", "--replace-shipped"])
+    assert recipes.main(["book-gpt", "--replace-shipped"]) == 0
+    assert sorted(p.name for p in (shipped / "book-gpt").iterdir()) == ["recipe.json"]
+    assert sorted(p.name for p in shipped.iterdir()) == ["book-gpt"]  # no temporary folder left
+    assert "tools/register_checkpoints.py" in capsys.readouterr().out

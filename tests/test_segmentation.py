@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import doctest
+import inspect
+import signal
+from contextlib import contextmanager
 
 import pytest
 
@@ -26,6 +29,36 @@ def test_max_match_falls_back_to_single_characters():
     assert max_match("我爱你", set(), max_len=4) == ["我", "爱", "你"]
     assert max_match("", {"我"}, max_len=4) == []
     assert max_match("ab", {"abc"}, max_len=3) == ["a", "b"]
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise TimeoutError in the main thread after `seconds`: a hanging call fails instead of hanging."""
+    def alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("max_len", [0, -1])
+def test_max_match_rejects_max_len_below_one_at_once(max_len):
+    # max_len=0 used to loop forever: no length to try, so the position never advanced
+    with time_limit(2), pytest.raises(ValueError, match=rf"max_len must be at least 1.*got {max_len}"):
+        max_match("我爱你", {"我爱"}, max_len=max_len)
+    assert max_match("我爱你", {"我爱"}, max_len=1) == ["我", "爱", "你"]  # 1: single characters
+
+
+def test_max_match_shows_its_plain_loop():
+    # the text-processing chapter prints this source: the max_len check must not change it
+    source = inspect.getsource(max_match)
+    assert source.startswith("def max_match(text: str, vocab: Container[str], max_len: int)")
+    assert "raise" not in source and inspect.signature(max_match).parameters["max_len"].annotation == "int"
 
 
 def test_words_to_spans():

@@ -1,4 +1,4 @@
-"""Write the checkpoint entries of companion/resources.py from companion/checkpoints/*/recipe.json and the files' sha256 (run after python -m companion.recipes KEY)."""
+"""Write the checkpoint entries of companion/resources.py from companion/checkpoints/*/recipe.json and the files' sha256 (run after python -m companion.recipes KEY --replace-shipped)."""
 import json, re, sys
 from pathlib import Path
 sys.path.insert(0, ".")
