@@ -24,10 +24,15 @@ from __future__ import annotations
 import csv
 import io
 import random
+from pathlib import Path
+
+import pandas as pd
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 
 from companion.resources import data_file
+
+MILESTONES = Path(__file__).resolve().parent / "data" / "milestones.csv"
 
 SPLIT_SEED = 0
 
@@ -310,3 +315,8 @@ def load_peoples_daily_ner() -> DatasetDict:
     tag_id = {t: i for i, t in enumerate(PEOPLES_DAILY_NER_TAGS)}
     return _tag_splits(_peoples_daily_splits(), lambda words, tags: {
         "text": "".join(words), "ner_tags": [tag_id[t] for t in peoples_daily_bio(words, tags)]}, features)
+
+
+def load_milestones() -> pd.DataFrame:
+    """The history chapter's table of milestone models (shipped in the package: data/README.md)."""
+    return pd.read_csv(MILESTONES)

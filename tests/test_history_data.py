@@ -1,4 +1,4 @@
-"""Checks of book/data/milestones.csv, the table of milestone models behind the history chapter."""
+"""Checks of companion/data/milestones.csv, the table of milestone models behind the history chapter."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-CSV = Path(__file__).resolve().parents[1] / "book" / "data" / "milestones.csv"
+CSV = Path(__file__).resolve().parents[1] / "companion" / "data" / "milestones.csv"
 COLUMNS = ["year", "model", "organisation", "parameters", "training_tokens", "citation", "notes"]
 ARXIV = re.compile(r"arXiv:(\d{2})(\d{2})\.(\d{4,5})\b")
 
@@ -108,3 +108,11 @@ def test_figures_that_can_be_recomputed(table):
 def test_undisclosed_sizes_stay_empty(table):
     gpt4 = row(table, "GPT-4")
     assert math.isnan(gpt4["parameters"]) and math.isnan(gpt4["training_tokens"])
+
+
+def test_the_package_ships_the_table_and_loads_it(table):
+    """The chapter reads it through companion, so it runs outside a checkout (Colab) too."""
+    from companion.corpora import MILESTONES, load_milestones
+
+    assert MILESTONES.is_relative_to(Path(__import__("companion").__file__).parent)
+    pd.testing.assert_frame_equal(load_milestones(), table)
