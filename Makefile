@@ -30,7 +30,7 @@ UV_SPEC ?= uv==0.13.9
 TORCH_SOURCE ?= $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--index-strategy \
 	unsafe-best-match --extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: env setup resources lock book test test-latest test-companion test-book notebooks clean
+.PHONY: env setup resources lock book test test-latest test-companion test-book notebooks reproduce clean
 
 env: $(VENV)/.installed
 
@@ -90,6 +90,19 @@ test-book: resources
 # Re-execute notebooks and store their outputs: make notebooks NB=book/attention.ipynb
 notebooks: resources
 	$(BIN)/python tools/store_outputs.py $(or $(NB),$$($(BIN)/python tools/toc.py))
+
+# Rerun every recipe (the CPU time of each is in its results.json or recipe.json): the pre-training
+# recipes into runs/book-gpt and runs/book-bert, the polarity fine-tuning recipes into
+# runs/polarity-*. The shipped copies are left alone; REPLACE_SHIPPED=1 replaces them (then
+# run tools/register_checkpoints.py for the checkpoints). Override the threads with
+# COMPANION_THREADS (the shipped runs record theirs).
+RECIPES := book-gpt book-bert polarity-search polarity-plain polarity-full polarity-lora \
+	polarity-decoder twitter-ner oanc-pos peoples-daily-ner
+REPLACE_SHIPPED ?= 0
+reproduce: resources
+	set -e; for recipe in $(RECIPES); do \
+		$(BIN)/python -m companion.recipes $$recipe $(if $(filter 1,$(REPLACE_SHIPPED)),--replace-shipped); \
+	done
 
 clean:
 	rm -rf _build .pytest_cache

@@ -1,9 +1,13 @@
-"""The recipes behind the book's small pre-trained checkpoints, and the command that reruns them.
+"""The recipes behind the book's small pre-trained checkpoints and its fine-tuning results, and the
+command that reruns them.
 
     python -m companion.recipes book-gpt            # the byte-level GPT of the GPT chapter, into runs/book-gpt
     python -m companion.recipes book-bert           # the character-level BERT of the BERT chapter, run longer
     python -m companion.recipes book-bert --steps 50 --out /tmp/bert   # a quick check elsewhere
     python -m companion.recipes book-gpt --replace-shipped   # maintainers: refresh the shipped copy
+    python -m companion.recipes polarity-search     # fine-tuning hyperparameters, chosen on validation
+    python -m companion.recipes polarity-full       # MiniLM fully fine-tuned on polarity, 3 seeds
+    python -m companion.recipes polarity-lora --max-steps 5 --subset 64 --seeds 0   # a quick check
 
 Each run trains with `companion.training.train` on the movie-review corpus and writes a plain
 Hugging Face folder (`config.json`, `model.safetensors`, the tokenizer, `recipe.json` with the
@@ -14,6 +18,15 @@ name, and refuses an `--out` there. Maintainers replace a shipped copy explicitl
 `--replace-shipped` runs the full recipe into `runs/<key>` (or `--out`), then swaps the folder into
 `companion/checkpoints/<key>`; `python tools/register_checkpoints.py` then records its new sha256
 sums and figures in the registry.
+
+The polarity recipes (`POLARITY_RECIPES`) fine-tune all-MiniLM-L6-v2 (and SmolLM2) on Pang & Lee
+sentence polarity with `companion.finetune`, once per seed, and write `results.json` (every metric
+as mean ± std over the seeds and per seed, the test probabilities of every run, steps, tokens,
+time, device, threads, versions, commit, the configuration and where it was chosen) plus, for
+LoRA, each seed's adapter (peft `save_pretrained`) and head (safetensors), with their sha256 in
+`results.json`. `polarity-search` compares configurations on the validation split only; the
+final recipes use what it chose. The shipped copies live in `companion/results/<key>`
+(`shipped_results` checks every hash); `--replace-shipped` works as for the checkpoints.
 """
 
 from __future__ import annotations
@@ -31,10 +44,22 @@ from pathlib import Path
 
 import torch
 
-from companion.resources import CHECKPOINTS
+from companion.finetune import (
+    SMOLLM2,
+    FinetuneConfig,
+    build_classifier,
+    encode,
+    evaluate,
+    save_adapter,
+    train_classifier,
+    trainable_parameters,
+)
+from companion.resources import CHECKPOINTS, sha256
+from companion.tagging import RECIPE_KEYS as TAGGING_RECIPES
 
 EOT = "<|endoftext|>"
 RUNS = Path("runs")  # the command's default output: runs/<key> under the current folder
+RESULTS = Path(__file__).resolve().parent / "results"  # fine-tuning recipes: shipped results.json + adapters
 
 
 @dataclass(frozen=True)
@@ -192,13 +217,21 @@ def validation_loss(recipe: Recipe, model, val_data, collate=None) -> float:
 
 
 def is_shipped(path: Path) -> bool:
-    """Whether `path` is inside companion/checkpoints, where the shipped checkpoints live."""
-    return Path(path).resolve().is_relative_to(CHECKPOINTS.resolve())
+    """Whether `path` is inside companion/checkpoints or companion/results, where the shipped
+    checkpoints and recipe results live."""
+    return any(Path(path).resolve().is_relative_to(root.resolve()) for root in (CHECKPOINTS, RESULTS))
+
+
+def is_shipped_result(path: Path) -> bool:
+    """Whether `path` is inside companion/results, where the polarity recipes' results live."""
+    return Path(path).resolve().is_relative_to(RESULTS.resolve())
 
 
 def install(folder: Path, key: str) -> Path:
-    """Replace the shipped checkpoint `key` by the run in `folder` (a maintainer's explicit step)."""
-    dest = CHECKPOINTS / key
+    """Replace the shipped checkpoint or results `key` by the run in `folder` (a maintainer's
+    explicit step)."""
+    dest = (RESULTS if key in POLARITY_RECIPES or key in TAGGING_RECIPES else CHECKPOINTS) / key
+    dest.parent.mkdir(parents=True, exist_ok=True)
     new, old = dest.with_name(f".{key}.new"), dest.with_name(f".{key}.old")
     for leftover in (new, old):  # from an interrupted install
         shutil.rmtree(leftover, ignore_errors=True)
@@ -254,24 +287,308 @@ def run(recipe: Recipe, out: Path, *, steps: int | None = None) -> dict:
     return figures
 
 
+# ----------------------------------------------------------------------------- polarity fine-tuning
+
+SEEDS = (0, 1, 2)
+SEARCH_SEED = 0
+
+
+@dataclass(frozen=True)
+class PolarityRecipe:
+    """A fine-tuning experiment on Pang & Lee polarity: one configuration over seeds, or a search."""
+
+    key: str
+    config: FinetuneConfig | None = None  # the final configuration (None: a search)
+    grid: tuple[FinetuneConfig, ...] = ()  # a search: the candidates, compared on validation
+    seeds: tuple[int, ...] = SEEDS
+    chosen_on: str = ""  # where the hyperparameters of `config` come from
+    ship_weights: bool = False  # LoRA: ship the adapters and heads (small); full: probabilities only
+
+
+def _full(**kw) -> FinetuneConfig:
+    """MiniLM, every weight trained, 4 epochs, the best epoch on validation kept."""
+    return FinetuneConfig(method="full", epochs=4, **kw)
+
+
+def _lora(**kw) -> FinetuneConfig:
+    """MiniLM with LoRA (r=8) on every linear layer, 6 epochs, the best epoch on validation kept."""
+    return FinetuneConfig(method="lora", epochs=6, head_lr=1e-3, **kw)
+
+
+SEARCH_GRID = (
+    # full fine-tuning: encoder learning rate, with and without LP-FT's probe-initialised head
+    *(_full(lr=lr, probe_init=probe) for probe in (False, True) for lr in (5e-5, 1e-4, 2e-4)),
+    # LoRA: learning rate of the low-rank matrices
+    *(_lora(lr=lr) for lr in (5e-4, 1e-3, 2e-3)),
+)
+CHOSEN = "validation accuracy of seed 0 in polarity-search (results/polarity-search/results.json)"
+POLARITY_RECIPES = {
+    r.key: r
+    for r in [
+        PolarityRecipe("polarity-search", grid=SEARCH_GRID, seeds=(SEARCH_SEED,),
+                       chosen_on="validation split only (the test split is not read)"),
+        # the plain recipe of issue 13, as a baseline: no search, 3 epochs, the last weights kept
+        PolarityRecipe("polarity-plain", FinetuneConfig(method="full", lr=5e-5, head_lr=1e-3, epochs=3,
+                                                        select="last", group_by_length=False),
+                       chosen_on="not searched: the common defaults (lr 5e-5 encoder / 1e-3 head, "
+                                 "3 epochs, last epoch), a baseline"),
+        PolarityRecipe("polarity-full", _full(lr=2e-4, probe_init=True), chosen_on=CHOSEN),
+        PolarityRecipe("polarity-lora", _lora(lr=5e-4), chosen_on=CHOSEN, ship_weights=True),
+        PolarityRecipe("polarity-decoder", FinetuneConfig(method="decoder-lora", model=SMOLLM2, lr=1e-3,
+                                                          epochs=2, lora_r=4, lora_alpha=8),
+                       chosen_on="not searched: the MiniLM LoRA learning rate, 2 epochs (CPU budget), "
+                                 "rank 4 (adapter under 5 MB)", ship_weights=True),
+    ]
+}
+
+
+def _polarity_data(tokenizer, max_length: int, subset: int | None) -> dict[str, list[dict]]:
+    """The encoded splits of load_polarity() (the first `subset` sentences of each: tests)."""
+    from companion.corpora import load_polarity
+
+    polarity = load_polarity()
+    data = {}
+    for split in ("train", "validation", "test"):
+        rows = polarity[split] if subset is None else polarity[split].select(range(min(subset, len(polarity[split]))))
+        data[split] = encode(tokenizer, rows["text"], rows["label"], max_length)
+    return data
+
+
+def _summary(values: list[float]) -> dict:
+    """{"mean", "std" (sample, ddof=1; 0 for one value), "values"} of per-seed numbers."""
+    import numpy as np
+
+    values = [float(v) for v in values]
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return {"mean": round(float(np.mean(values)), 6), "std": round(std, 6), "values": values}
+
+
+def environment() -> dict:
+    """Device, threads, library versions, git commit and date of a run (for results.json)."""
+    import subprocess
+    from importlib.metadata import version
+
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip() != ""
+        commit += " (with uncommitted changes)" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {"device": None, "threads": torch.get_num_threads(),
+            "processor": platform.processor() or platform.machine(),
+            "versions": {"python": platform.python_version(),
+                         **{name: version(name) for name in ("torch", "transformers", "peft", "numpy")}},
+            "git_commit": commit, "date": datetime.date.today().isoformat()}
+
+
+def _one_run(config: FinetuneConfig, seed: int, data: dict, device, *, max_steps: int | None,
+             score_test: bool, desc: str):
+    """Build, train and evaluate one configuration with one seed: (model, figures)."""
+    model, _ = build_classifier(config, seed)
+    result = train_classifier(model, data["train"], data["validation"], config, seed, max_steps=max_steps,
+                              device=device, desc=desc)
+    trainable, total = trainable_parameters(model)
+    val = evaluate(model, data["validation"])
+    figures = {"seed": seed, "validation_accuracy": val.accuracy, "validation_loss": round(val.loss, 6),
+               "steps": result.steps, "epochs": result.epochs, "best_epoch": result.best_epoch,
+               "tokens": result.tokens, "train_seconds": round(result.seconds, 1),
+               "trainable_parameters": trainable, "total_parameters": total, "history": result.history}
+    if result.probe_accuracy is not None:
+        figures["probe_train_accuracy"] = result.probe_accuracy
+    if score_test:
+        test = evaluate(model, data["test"])
+        figures |= {"test_accuracy": test.accuracy, "test_loss": round(test.loss, 6),
+                    "test_probabilities": [round(float(p), 6) for p in test.probabilities[:, 1]]}
+    return model, figures
+
+
+def run_polarity(recipe: PolarityRecipe, out: Path, *, max_steps: int | None = None,
+                 subset: int | None = None, seeds: tuple[int, ...] | None = None) -> dict:
+    """Run a polarity recipe over its seeds and write `out`/results.json (+ adapters of LoRA runs).
+    `max_steps`, `subset` (sentences per split) and `seeds` shorten it (tests, quick checks)."""
+    from transformers import AutoTokenizer
+
+    import companion
+
+    if is_shipped(out):
+        raise ValueError(f"{out} is inside {RESULTS}, where the shipped results live: write the run "
+                         "elsewhere, then replace a shipped copy with install() (python -m companion.recipes "
+                         "KEY --replace-shipped)")
+    seeds = tuple(seeds if seeds is not None else recipe.seeds)
+    if not seeds:
+        raise ValueError("no seeds to run")
+    device = companion.pick_device()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    figures = {"recipe": recipe.key, "task": "Pang & Lee sentence polarity (companion.corpora.load_polarity)",
+               "full_run": max_steps is None and subset is None and seeds == recipe.seeds,
+               "max_steps": max_steps, "subset": subset, "seeds": list(seeds),
+               "hyperparameters_chosen_on": recipe.chosen_on}
+    if recipe.config is None:  # a search: every candidate, validation only
+        candidates, cache = [], {}
+        for i, config in enumerate(recipe.grid):
+            if (config.model, config.max_length) not in cache:
+                tokenizer = AutoTokenizer.from_pretrained(config.model)
+                cache[config.model, config.max_length] = _polarity_data(tokenizer, config.max_length, subset)
+            data = cache[config.model, config.max_length]
+            runs = [_one_run(config, seed, data, device, max_steps=max_steps, score_test=False,
+                             desc=f"{i + 1}/{len(recipe.grid)} {config.method} lr {config.lr:g}"
+                                  f"{' LP-FT' if config.probe_init else ''}")[1] for seed in seeds]
+            candidates.append({"config": asdict(config), "runs": runs,
+                               "validation_accuracy": _summary([r["validation_accuracy"] for r in runs])})
+        chosen = {}
+        for method in dict.fromkeys(c["config"]["method"] for c in candidates):
+            mine = [c for c in candidates if c["config"]["method"] == method]
+            best = max(mine, key=lambda c: c["validation_accuracy"]["mean"])  # ties: the first in the grid
+            chosen[method] = best["config"]
+        figures |= {"split_sizes": {k: len(v) for k, v in data.items() if k != "test"},
+                    "selection": "highest mean validation accuracy (best epoch of each run); ties: first "
+                                 "in grid order", "candidates": candidates, "chosen": chosen}
+    else:
+        config = recipe.config
+        tokenizer = AutoTokenizer.from_pretrained(config.model)
+        data = _polarity_data(tokenizer, config.max_length, subset)
+        runs, artifacts = [], {}
+        for seed in seeds:
+            model, run_figures = _one_run(config, seed, data, device, max_steps=max_steps, score_test=True,
+                                          desc=f"{recipe.key} seed {seed}")
+            runs.append(run_figures)
+            if recipe.ship_weights:
+                for path in save_adapter(model, out / f"seed-{seed}"):
+                    artifacts[str(path.relative_to(out))] = sha256(path)
+            del model
+        metrics = {name: _summary([r[name] for r in runs])
+                   for name in ("test_accuracy", "validation_accuracy", "test_loss", "best_epoch",
+                                "train_seconds")}
+        figures |= {"config": asdict(config), "split_sizes": {k: len(v) for k, v in data.items()},
+                    "metrics": metrics, "trainable_parameters": runs[0]["trainable_parameters"],
+                    "total_parameters": runs[0]["total_parameters"],
+                    "trainable_fraction": runs[0]["trainable_parameters"] / runs[0]["total_parameters"],
+                    "steps": runs[0]["steps"], "epochs": runs[0]["epochs"],
+                    "tokens": [r["tokens"] for r in runs], "runs": runs,
+                    "weights": "adapters and heads in seed-*/ (peft save_pretrained + head.safetensors)"
+                               if recipe.ship_weights else
+                               "not shipped (a full MiniLM is ~90 MB): each run's test probabilities are "
+                               "in runs[*].test_probabilities",
+                    "artifacts": artifacts}
+    env = environment()
+    env["device"] = f"{device} ({env['processor']}, {env['threads']} threads)"
+    figures |= {"wall_seconds": round(time.perf_counter() - start, 1), **env}
+    (out / "results.json").write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
+
+
+def shipped_results(key: str, folder: Path | None = None) -> dict:
+    """The results.json of a polarity recipe (default: the shipped copy), every artifact's sha256
+    checked against it."""
+    folder = Path(folder) if folder is not None else RESULTS / key
+    path = folder / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no {path}: run python -m companion.recipes {key}")
+    results = json.loads(path.read_text())
+    for name, digest in results.get("artifacts", {}).items():
+        if not (folder / name).exists() or sha256(folder / name) != digest:
+            raise ValueError(f"{folder / name} is missing or differs from the sha256 in {path}: restore it "
+                             f"(git checkout -- {folder}) or rerun python -m companion.recipes {key}")
+    return results
+
+
+def shipped_adapter(key: str, seed: int, folder: Path | None = None):
+    """The LoRA classifier of one seed of a polarity recipe (checked against results.json), eval mode."""
+    from companion.finetune import load_adapter
+
+    folder = Path(folder) if folder is not None else RESULTS / key
+    results = shipped_results(key, folder)
+    if f"seed-{seed}/adapter_config.json" not in results.get("artifacts", {}):
+        raise ValueError(f"{key} ships no adapter for seed {seed} (seeds {results['seeds']})")
+    return load_adapter(folder / f"seed-{seed}", FinetuneConfig(**results["config"]))
+
+
+def _polarity_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for a polarity recipe: run it into runs/KEY (or --out), print its headline."""
+    import companion
+
+    recipe = POLARITY_RECIPES[args.key]
+    out = args.out or RUNS / recipe.key
+    if args.steps is not None:
+        parser.error("polarity recipes run whole epochs: use --max-steps N to cut a quick check short")
+    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
+        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
+    companion.setup()
+    print(f"writing {out.resolve()}")
+    seeds = tuple(args.seeds) if args.seeds is not None else None
+    figures = run_polarity(recipe, out, max_steps=args.max_steps, subset=args.subset, seeds=seeds)
+    if recipe.config is None:
+        for c in figures["candidates"]:
+            config = c["config"]
+            print(f"{config['method']:>5} lr {config['lr']:g} probe_init {config['probe_init']!s:5}: "
+                  f"validation accuracy {c['validation_accuracy']['mean']:.4f}")
+        print("chosen:", json.dumps(figures["chosen"]))
+    else:
+        test = figures["metrics"]["test_accuracy"]
+        print(f"test accuracy {test['mean']:.4f} ± {test['std']:.4f} over seeds {figures['seeds']}: "
+              f"{test['values']}; {figures['trainable_parameters']:,} parameters trained "
+              f"({figures['trainable_fraction']:.2%})")
+    print(f"wrote {(out / 'results.json').resolve()} in {figures['wall_seconds']:.0f} s ({figures['device']})")
+    if args.replace_shipped:
+        print(f"replaced {install(out, recipe.key)}")
+    return 0
+
+
+def _tagging_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for a token-classification recipe (companion.tagging): runs/KEY (or --out), one thread."""
+    import companion
+    from companion.tagging import headline, run_named
+
+    if args.steps is not None:
+        parser.error("tagging recipes run whole epochs: use --max-steps N to cut a quick check short")
+    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
+        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
+    companion.setup(threads=1)  # the shipped runs used one thread: a busy 2-core machine, reproducible sums
+    out = args.out or RUNS / args.key
+    print(f"writing {out.resolve()}")
+    seeds = tuple(args.seeds) if args.seeds is not None else None
+    r = run_named(args.key, out, max_steps=args.max_steps, subset=args.subset, seeds=seeds)
+    print(headline(r))
+    print(f"wrote {(out / 'results.json').resolve()} in {r['wall_seconds']:.0f} s ({r['device']})")
+    if args.replace_shipped:
+        print(f"replaced {install(out, args.key)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: python -m companion.recipes KEY [--steps N] [--out DIR] [--replace-shipped]."""
     import companion
 
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
-    parser.add_argument("key", choices=sorted(RECIPES))
-    parser.add_argument("--steps", type=int, help="override the recipe's number of steps")
+    parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES))
+    parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert)")
+    parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
+    parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")
+    parser.add_argument("--seeds", type=int, nargs="+", help="polarity: these seeds instead of the recipe's")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/KEY under the current folder; "
-                        "never inside companion/checkpoints)")
+                        "never inside companion/checkpoints or companion/results)")
     parser.add_argument("--replace-shipped", action="store_true",
-                        help="maintainers: after the full run, replace companion/checkpoints/KEY by it "
-                             "(then run python tools/register_checkpoints.py)")
+                        help="maintainers: after the full run, replace companion/checkpoints/KEY (or "
+                             "companion/results/KEY) by it (checkpoints: then run "
+                             "python tools/register_checkpoints.py)")
     args = parser.parse_args(argv)
-    recipe = RECIPES[args.key]
-    out = args.out or RUNS / recipe.key
+    out = args.out or RUNS / args.key
     if is_shipped(out):
-        parser.error(f"--out {out} is inside {CHECKPOINTS}, where the shipped checkpoints live: pass "
-                     "another folder; to refresh a shipped checkpoint, add --replace-shipped without --out")
+        root, what = (RESULTS, "results") if is_shipped_result(out) else (CHECKPOINTS, "checkpoints")
+        parser.error(f"--out {out} is inside {root}, where the shipped {what} live: pass another folder; "
+                     "to refresh a shipped copy, add --replace-shipped without --out")
+    if args.key in POLARITY_RECIPES:
+        return _polarity_main(parser, args)
+    if args.key in TAGGING_RECIPES:
+        return _tagging_main(parser, args)
+    if (args.max_steps, args.subset, args.seeds) != (None, None, None):
+        parser.error("--max-steps, --subset and --seeds are for the polarity recipes: use --steps")
+    recipe = RECIPES[args.key]
     if args.replace_shipped and args.steps not in (None, recipe.steps):
         parser.error(f"--replace-shipped ships the recipe's full run ({recipe.steps} steps): drop --steps")
     companion.setup()

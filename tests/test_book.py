@@ -262,6 +262,51 @@ def test_notebook_is_stored_with_clean_outputs(path):
                              "raise `raises-exception`)")
 
 
+IMAGE_TYPES = ("image/png", "image/svg+xml", "image/jpeg")
+MIN_ALT = 40
+# An alt text that names a file or a path instead of describing the plot.
+PATH_ALT = re.compile(r"\.(?:png|svg|jpe?g|gif|pdf)\b|[\w.~-]*/[\w.-]+/[\w./-]*|^\S+$", re.I)
+# What tools write when nobody wrote an alt text: a MIME type, matplotlib's repr, a bare word.
+DEFAULT_ALT = re.compile(
+    r"\bimage/\w+|<Figure size|\boutput_\d+_\d+\b|^\W*(?:an?\s+|the\s+)?(?:png|svg|jpe?g|image|img|"
+    r"output|figure|fig|plot|chart|graph|picture|alt(?: text)?)(?:\s*\d+)?\W*$", re.I)
+
+
+def alt_problem(alt: object) -> str | None:
+    """Why `alt` is not alt text that describes a plot, or None when it is."""
+    if not isinstance(alt, str) or not alt.strip():
+        return "no alt text (cell metadata mystnb.image.alt)"
+    alt = alt.strip()
+    if DEFAULT_ALT.search(alt):
+        return f"the alt text {alt[:80]!r} is a placeholder, not a description"
+    if PATH_ALT.search(alt) or MACHINE_PATHS.search(alt):
+        return f"the alt text {alt[:80]!r} looks like a file name or path, not a description"
+    if len(alt) < MIN_ALT:
+        return f"the alt text {alt!r} is {len(alt)} characters, fewer than {MIN_ALT}"
+    return None
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=str)
+def test_every_plot_has_alt_text(path):
+    problems = []
+    for i, cell in enumerate(load(path)["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        images = [kind for out in cell.get("outputs", []) for kind in out.get("data", {})
+                  if kind in IMAGE_TYPES]
+        if not images:
+            continue
+        image = cell.get("metadata", {}).get("mystnb", {}).get("image", {})
+        what = alt_problem(image.get("alt") if isinstance(image, dict) else None)
+        if what:
+            problems.append((i, f"{len(images)} image output{'s' * (len(images) > 1)}: {what}"))
+    if problems:
+        fail(path, problems, 'give the cell the metadata `"mystnb": {"image": {"alt": "..."}}`: one '
+                             "paragraph saying what kind of plot it is, its axes and units, and what the "
+                             "reader should see, with the approximate values shown (MyST-NB gives every "
+                             "image of the cell this text, so describe each plot of a cell in it)")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=str)
 def test_notebook_ends_with_exercises_and_solutions(path):
     nb = load(path)

@@ -80,7 +80,8 @@ import pytest  # noqa: E402
 
 from companion.corpora import (BMES, OANC_TAGS, PEOPLES_DAILY_NER_TAGS, TWITTER_NER_TAGS, bmes_tags,  # noqa: E402
                                load_oanc_pos, load_peoples_daily_cws, load_peoples_daily_ner, load_twitter_ner,
-                               parse_tagged_sentence, peoples_daily_bio, words_from_bmes)
+                               parse_tagged_sentence, peoples_daily_articles, peoples_daily_bio,
+                               words_from_bmes)
 from companion.metrics import bio_spans  # noqa: E402
 from companion.resources import ResourceMissing  # noqa: E402
 
@@ -155,11 +156,35 @@ def test_peoples_daily_bio():
     assert bio_spans(bio) == [("PER", 0, 3), ("LOC", 4, 6), ("LOC", 6, 8), ("ORG", 10, 13)]
 
 
+def test_peoples_daily_articles_start_at_headlines():
+    texts = ["迈向新世纪", "江泽民", "同胞们，你好。", "谢谢！", "标题一", "正文。", "（附图片）", "正文。"]
+    assert peoples_daily_articles(texts) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert peoples_daily_articles(["正文。", "标题"]) == [0, 1]
+
+
+def test_peoples_daily_split_by_article():
+    data = load_peoples_daily("article")
+    assert {k: len(v) for k, v in data.items()} == {"train": 17555, "validation": 946, "test": 983}
+    articles = {name: set(split["article"]) for name, split in data.items()}
+    assert len(set.union(*articles.values())) == 2910
+    assert not articles["train"] & articles["test"]
+    assert not articles["train"] & articles["validation"]
+    assert not articles["validation"] & articles["test"]
+    assert len(articles["test"]) == len(articles["validation"]) == round(0.05 * 2910)
+    assert data["test"]["text"] == load_peoples_daily("article")["test"]["text"]  # fixed seed
+    by_line = load_peoples_daily("line")  # the old split: articles do span splits
+    assert set(by_line["train"]["article"]) & set(by_line["test"]["article"])
+    with pytest.raises(ValueError, match="'line' or 'article'"):
+        load_peoples_daily("paragraph")
+
+
 def test_peoples_daily_cws_reconstructs_the_words():
     data = load_peoples_daily_cws()
-    lines = load_peoples_daily()
-    assert {k: len(v) for k, v in data.items()} == {"train": 17535, "validation": 974, "test": 975}
+    lines = load_peoples_daily("article")
+    assert {k: len(v) for k, v in data.items()} == {"train": 17555, "validation": 946, "test": 983}
     assert data["test"]["text"] == lines["test"]["text"]  # the same lines and split
+    assert data["test"]["article"] == lines["test"]["article"]
+    assert not set(data["train"]["article"]) & set(data["test"]["article"])
     assert data["train"].features["tags"].feature.names == BMES
     for row in data["test"]:
         assert len(row["tags"]) == len(row["text"])
@@ -168,7 +193,9 @@ def test_peoples_daily_cws_reconstructs_the_words():
 
 def test_peoples_daily_ner():
     data = load_peoples_daily_ner()
-    assert {k: len(v) for k, v in data.items()} == {"train": 17535, "validation": 974, "test": 975}
+    assert {k: len(v) for k, v in data.items()} == {"train": 17555, "validation": 946, "test": 983}
+    assert data["test"]["text"] == load_peoples_daily_cws()["test"]["text"]
+    assert len(load_peoples_daily_ner("line")["test"]) == 975
     assert data["test"].features["ner_tags"].feature.names == PEOPLES_DAILY_NER_TAGS
     counts = Counter()
     for text, tags in zip(data["test"]["text"], data["test"]["ner_tags"]):
