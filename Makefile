@@ -91,13 +91,12 @@ test-book: resources
 notebooks: resources
 	$(BIN)/python tools/store_outputs.py $(or $(NB),$$($(BIN)/python tools/toc.py))
 
-# Rerun every recipe (the CPU time of each is in its results.json or recipe.json): the pre-training
-# recipes into runs/book-gpt and runs/book-bert, the polarity fine-tuning recipes into
-# runs/polarity-*. The shipped copies are left alone; REPLACE_SHIPPED=1 replaces them (then
-# run tools/register_checkpoints.py for the checkpoints). Override the threads with
+# Rerun every recipe into runs/KEY (the CPU time of each is in the README's recipe table and in
+# its results.json or recipe.json). The shipped copies are left alone; REPLACE_SHIPPED=1 replaces
+# them (then run tools/register_checkpoints.py for the checkpoints). Override the threads with
 # COMPANION_THREADS (the shipped runs record theirs).
 RECIPES := book-gpt book-bert polarity-search polarity-plain polarity-full polarity-lora \
-	polarity-decoder twitter-ner oanc-pos peoples-daily-ner
+	polarity-decoder twitter-ner oanc-pos peoples-daily-ner reviews-zh peft-compare
 REPLACE_SHIPPED ?= 0
 reproduce: resources
 	set -e; for recipe in $(RECIPES); do \

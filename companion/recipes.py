@@ -54,8 +54,12 @@ from companion.finetune import (
     train_classifier,
     trainable_parameters,
 )
+from companion.provenance import environment, seed_summary
 from companion.resources import CHECKPOINTS, sha256
 from companion.tagging import RECIPE_KEYS as TAGGING_RECIPES
+
+REVIEWS = "reviews-zh"  # companion.reviews: the Chinese reviews' character model
+PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
 RUNS = Path("runs")  # the command's default output: runs/<key> under the current folder
@@ -230,7 +234,7 @@ def is_shipped_result(path: Path) -> bool:
 def install(folder: Path, key: str) -> Path:
     """Replace the shipped checkpoint or results `key` by the run in `folder` (a maintainer's
     explicit step)."""
-    dest = (RESULTS if key in POLARITY_RECIPES or key in TAGGING_RECIPES else CHECKPOINTS) / key
+    dest = (CHECKPOINTS if key in RECIPES else RESULTS) / key
     dest.parent.mkdir(parents=True, exist_ok=True)
     new, old = dest.with_name(f".{key}.new"), dest.with_name(f".{key}.old")
     for leftover in (new, old):  # from an interrupted install
@@ -318,8 +322,8 @@ def _lora(**kw) -> FinetuneConfig:
 SEARCH_GRID = (
     # full fine-tuning: encoder learning rate, with and without LP-FT's probe-initialised head
     *(_full(lr=lr, probe_init=probe) for probe in (False, True) for lr in (5e-5, 1e-4, 2e-4)),
-    # LoRA: learning rate of the low-rank matrices
-    *(_lora(lr=lr) for lr in (5e-4, 1e-3, 2e-3)),
+    # LoRA: learning rate of the low-rank matrices, with and without LP-FT's head
+    *(_lora(lr=lr, probe_init=probe) for probe in (False, True) for lr in (5e-4, 1e-3, 2e-3)),
 )
 CHOSEN = "validation accuracy of seed 0 in polarity-search (results/polarity-search/results.json)"
 POLARITY_RECIPES = {
@@ -352,36 +356,6 @@ def _polarity_data(tokenizer, max_length: int, subset: int | None) -> dict[str, 
         rows = polarity[split] if subset is None else polarity[split].select(range(min(subset, len(polarity[split]))))
         data[split] = encode(tokenizer, rows["text"], rows["label"], max_length)
     return data
-
-
-def _summary(values: list[float]) -> dict:
-    """{"mean", "std" (sample, ddof=1; 0 for one value), "values"} of per-seed numbers."""
-    import numpy as np
-
-    values = [float(v) for v in values]
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": round(float(np.mean(values)), 6), "std": round(std, 6), "values": values}
-
-
-def environment() -> dict:
-    """Device, threads, library versions, git commit and date of a run (for results.json)."""
-    import subprocess
-    from importlib.metadata import version
-
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip() != ""
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"device": None, "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
-            "versions": {"python": platform.python_version(),
-                         **{name: version(name) for name in ("torch", "transformers", "peft", "numpy")}},
-            "git_commit": commit, "date": datetime.date.today().isoformat()}
 
 
 def _one_run(config: FinetuneConfig, seed: int, data: dict, device, *, max_steps: int | None,
@@ -435,11 +409,20 @@ def run_polarity(recipe: PolarityRecipe, out: Path, *, max_steps: int | None = N
                 tokenizer = AutoTokenizer.from_pretrained(config.model)
                 cache[config.model, config.max_length] = _polarity_data(tokenizer, config.max_length, subset)
             data = cache[config.model, config.max_length]
-            runs = [_one_run(config, seed, data, device, max_steps=max_steps, score_test=False,
-                             desc=f"{i + 1}/{len(recipe.grid)} {config.method} lr {config.lr:g}"
-                                  f"{' LP-FT' if config.probe_init else ''}")[1] for seed in seeds]
+            runs = []
+            for seed in seeds:
+                part = out / f".candidate-{i}-seed-{seed}.json"
+                key = {"config": asdict(config), "max_steps": max_steps, "subset": subset, "seed": seed}
+                saved = _finished_part(part, out, key)
+                if saved is None:
+                    desc = (f"{i + 1}/{len(recipe.grid)} {config.method} lr {config.lr:g}"
+                            f"{' LP-FT' if config.probe_init else ''}")
+                    run = _one_run(config, seed, data, device, max_steps=max_steps, score_test=False,
+                                   desc=desc)[1]
+                    saved = _save_part(part, key, run, {})
+                runs.append(saved["run"])
             candidates.append({"config": asdict(config), "runs": runs,
-                               "validation_accuracy": _summary([r["validation_accuracy"] for r in runs])})
+                               "validation_accuracy": seed_summary([r["validation_accuracy"] for r in runs])})
         chosen = {}
         for method in dict.fromkeys(c["config"]["method"] for c in candidates):
             mine = [c for c in candidates if c["config"]["method"] == method]
@@ -452,16 +435,26 @@ def run_polarity(recipe: PolarityRecipe, out: Path, *, max_steps: int | None = N
         config = recipe.config
         tokenizer = AutoTokenizer.from_pretrained(config.model)
         data = _polarity_data(tokenizer, config.max_length, subset)
-        runs, artifacts = [], {}
+        runs, artifacts, resumed = [], {}, []
         for seed in seeds:
-            model, run_figures = _one_run(config, seed, data, device, max_steps=max_steps, score_test=True,
-                                          desc=f"{recipe.key} seed {seed}")
-            runs.append(run_figures)
-            if recipe.ship_weights:
-                for path in save_adapter(model, out / f"seed-{seed}"):
-                    artifacts[str(path.relative_to(out))] = sha256(path)
-            del model
-        metrics = {name: _summary([r[name] for r in runs])
+            part = out / f".seed-{seed}.json"  # this seed's figures, until results.json is written
+            saved = _finished_part(part, out, {"config": asdict(config), "max_steps": max_steps,
+                                               "subset": subset, "seed": seed})
+            if saved is None:
+                model, run_figures = _one_run(config, seed, data, device, max_steps=max_steps,
+                                              score_test=True, desc=f"{recipe.key} seed {seed}")
+                seed_artifacts = {}
+                if recipe.ship_weights:
+                    for path in save_adapter(model, out / f"seed-{seed}"):
+                        seed_artifacts[str(path.relative_to(out))] = sha256(path)
+                del model
+                saved = _save_part(part, {"config": asdict(config), "max_steps": max_steps, "subset": subset,
+                                          "seed": seed}, run_figures, seed_artifacts)
+            else:
+                resumed.append(seed)
+            runs.append(saved["run"])
+            artifacts |= saved["artifacts"]
+        metrics = {name: seed_summary([r[name] for r in runs])
                    for name in ("test_accuracy", "validation_accuracy", "test_loss", "best_epoch",
                                 "train_seconds")}
         figures |= {"config": asdict(config), "split_sizes": {k: len(v) for k, v in data.items()},
@@ -475,11 +468,32 @@ def run_polarity(recipe: PolarityRecipe, out: Path, *, max_steps: int | None = N
                                "not shipped (a full MiniLM is ~90 MB): each run's test probabilities are "
                                "in runs[*].test_probabilities",
                     "artifacts": artifacts}
-    env = environment()
-    env["device"] = f"{device} ({env['processor']}, {env['threads']} threads)"
-    figures |= {"wall_seconds": round(time.perf_counter() - start, 1), **env}
+    figures |= {"wall_seconds": round(time.perf_counter() - start, 1), **environment(device)}
+    if recipe.config is not None:
+        figures["resumed_seeds"] = resumed  # finished by an earlier, interrupted call
     (out / "results.json").write_text(json.dumps(figures, indent=1) + "\n")
+    for part in out.glob(".*seed-*.json"):
+        part.unlink()
     return figures
+
+
+def _save_part(path: Path, key: dict, run: dict, artifacts: dict) -> dict:
+    """Write one finished run (seed or search candidate) beside the results, atomically."""
+    part = {"key": key, "run": run, "artifacts": artifacts}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(part) + "\n")
+    tmp.replace(path)
+    return part
+
+
+def _finished_part(path: Path, out: Path, key: dict) -> dict | None:
+    """A run an interrupted call finished with the same configuration, its files intact; else None."""
+    if not path.exists():
+        return None
+    part = json.loads(path.read_text())
+    intact = all((out / name).exists() and sha256(out / name) == digest
+                 for name, digest in part["artifacts"].items())
+    return part if part["key"] == json.loads(json.dumps(key)) and intact else None
 
 
 def shipped_results(key: str, folder: Path | None = None) -> dict:
@@ -539,6 +553,46 @@ def _polarity_main(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     return 0
 
 
+def _reviews_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for reviews-zh (companion.reviews): runs/reviews-zh (or --out), one thread."""
+    import companion
+    from companion.reviews import headline, run_reviews
+
+    if args.steps is not None:
+        parser.error("reviews-zh stops early on its own: use --max-steps N to cut a quick check short")
+    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
+        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
+    companion.setup(threads=1)
+    out = args.out or RUNS / args.key
+    print(f"writing {out.resolve()}")
+    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
+    r = run_reviews(out, max_steps=args.max_steps, subset=args.subset, seeds=seeds)
+    print(headline(r))
+    print(f"wrote {(out / 'results.json').resolve()} in {r['wall_seconds']:.0f} s ({r['device']})")
+    if args.replace_shipped:
+        print(f"replaced {install(out, args.key)}")
+    return 0
+
+
+def _peft_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for peft-compare (companion.peft_compare): every method, runs/peft-compare (or --out)."""
+    from companion import peft_compare
+
+    if args.steps is not None:
+        parser.error("peft-compare runs whole epochs: use --max-steps N to cut a quick check short")
+    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
+        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
+    out = args.out or RUNS / args.key
+    argv = ["--out", str(out)]
+    for flag, value in (("--max-steps", args.max_steps), ("--subset", args.subset)):
+        argv += [flag, str(value)] if value is not None else []
+    argv += ["--seeds", *map(str, args.seeds)] if args.seeds is not None else []
+    code = peft_compare.main(argv)
+    if args.replace_shipped:
+        print(f"replaced {install(out, args.key)}")
+    return code
+
+
 def _tagging_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The command for a token-classification recipe (companion.tagging): runs/KEY (or --out), one thread."""
     import companion
@@ -565,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     import companion
 
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
-    parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES))
+    parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
+                        + [REVIEWS, PEFT])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")
@@ -586,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         return _polarity_main(parser, args)
     if args.key in TAGGING_RECIPES:
         return _tagging_main(parser, args)
+    if args.key == REVIEWS:
+        return _reviews_main(parser, args)
+    if args.key == PEFT:
+        return _peft_main(parser, args)
     if (args.max_steps, args.subset, args.seeds) != (None, None, None):
         parser.error("--max-steps, --subset and --seeds are for the polarity recipes: use --steps")
     recipe = RECIPES[args.key]

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from companion.metrics import IGNORE_INDEX, accuracy, align_labels_with_tokens, entity_scores
+from companion.provenance import environment, seed_summary
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -434,38 +435,6 @@ def baselines(words: dict, labels: dict, names: Sequence[str], metric: str) -> d
     return out
 
 
-def _summary(values: Sequence[float]) -> dict:
-    """{"mean", "std" (sample, ddof=1; 0.0 for one value), "values"} of per-seed numbers."""
-    values = [float(v) for v in values]
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return {"mean": round(float(np.mean(values)), 6), "std": round(std, 6), "values": values}
-
-
-def environment() -> dict:
-    """Device, threads, library versions, git commit and date of a run (for results.json)."""
-    import datetime
-    import platform
-    import subprocess
-    from importlib.metadata import version
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip() != ""
-        commit += " (with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return {"device": f"{device} ({platform.processor() or platform.machine()}, "
-                      f"{torch.get_num_threads()} threads)",
-            "threads": torch.get_num_threads(),
-            "versions": {"python": platform.python_version(),
-                         **{n: version(n) for n in ("torch", "transformers", "datasets", "numpy")}},
-            "git_commit": commit, "date": datetime.date.today().isoformat()}
-
-
 def _headline(metric: str) -> str:
     return "f1" if metric == "entity" else "accuracy"
 
@@ -554,8 +523,8 @@ def run_recipe(recipe: TaggingRecipe, out: Path, *, max_steps: int | None = None
         "config": asdict(chosen),
         "hyperparameters_chosen_on": f"validation {key} of seed {recipe.search_seed} in the search above "
                                      "(layers and learning rate; epochs: the best epoch of that run)",
-        "metrics": {k: _summary([r[k] for r in runs]) for k in metric_names}
-                   | {"train_seconds": _summary([r["train_seconds"] for r in runs])},
+        "metrics": {k: seed_summary([r[k] for r in runs]) for k in metric_names}
+                   | {"train_seconds": seed_summary([r["train_seconds"] for r in runs])},
         "steps": runs[0]["steps"], "epochs": runs[0]["epochs"], "runs": runs,
         "baselines": baselines(words, labels, names, metric),
         "references": WNUT16_REFERENCES if metric == "entity" else POS_REFERENCES,
@@ -812,7 +781,7 @@ def run_char_recipe(out: Path, *, config: CharConfig = PEOPLES_DAILY_NER, max_st
             runs.append(figures)
         variants[variant] = {
             "config": asdict(c), "runs": runs,
-            "metrics": {k: _summary([r[k] for r in runs]) for k in
+            "metrics": {k: seed_summary([r[k] for r in runs]) for k in
                         ("test_f1", "test_precision", "test_recall", "validation_f1", "best_epoch",
                          "epochs", "train_seconds")}}
     paired = [c["test_f1"] - s["test_f1"] for s, c in zip(variants["softmax"]["runs"], variants["crf"]["runs"])]
@@ -826,7 +795,7 @@ def run_char_recipe(out: Path, *, config: CharConfig = PEOPLES_DAILY_NER, max_st
         "hyperparameters_chosen_on": "not searched (the chapter's BiLSTM size, 64 per direction; lr 2e-3, "
                                      "batch 64); epochs: early stopping on validation entity F1 (patience "
                                      f"{config.patience}), the best epoch's weights kept",
-        "variants": variants, "crf_minus_softmax_test_f1": _summary(paired),
+        "variants": variants, "crf_minus_softmax_test_f1": seed_summary(paired),
         "weights": "each run's weights (model.safetensors), vocabulary (vocab.json) and test predictions "
                    "(CoNLL: character gold predicted) in {softmax,crf}-seed-*/",
         "artifacts": artifacts,

@@ -346,3 +346,51 @@ def test_shipped_adapters_reproduce_their_recorded_test_probabilities(key):
         live = finetune.evaluate(recipes.shipped_adapter(key, seed), rows)
         assert live.accuracy == run["test_accuracy"], seed
         np.testing.assert_allclose(live.probabilities[:, 1], run["test_probabilities"], atol=2e-4)
+
+
+def test_an_interrupted_polarity_run_resumes_with_the_seeds_it_finished(tmp_path, monkeypatch):
+    recipe = recipes.POLARITY_RECIPES["polarity-lora"]
+    real_one_run, calls = recipes._one_run, []
+
+    def one_run(config, seed, *args, **kwargs):
+        calls.append(seed)
+        if seed == 1 and calls.count(1) == 1:
+            raise KeyboardInterrupt  # killed during the second seed
+        return real_one_run(config, seed, *args, **kwargs)
+
+    monkeypatch.setattr(recipes, "_one_run", one_run)
+    with pytest.raises(KeyboardInterrupt):
+        recipes.run_polarity(recipe, tmp_path, max_steps=1, subset=8, seeds=(0, 1))
+    assert (tmp_path / ".seed-0.json").exists() and not (tmp_path / "results.json").exists()
+    results = recipes.run_polarity(recipe, tmp_path, max_steps=1, subset=8, seeds=(0, 1))
+    assert calls == [0, 1, 1] and results["resumed_seeds"] == [0]
+    assert [r["seed"] for r in results["runs"]] == [0, 1] and not list(tmp_path.glob(".*.json"))
+    assert recipes.shipped_results("polarity-lora", tmp_path)["runs"] == results["runs"]
+    # another configuration does not reuse what an interrupted call left
+    (tmp_path / ".seed-0.json").write_text(json.dumps({"key": {"config": {}}, "run": {}, "artifacts": {}}))
+    assert recipes._finished_part(tmp_path / ".seed-0.json", tmp_path, {"config": {"lr": 1}}) is None
+
+
+def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    check = subprocess.run([sys.executable, "tools/recipe_table.py", "--check"], cwd=root,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    keys = [*recipes.RECIPES, *recipes.POLARITY_RECIPES, *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.PEFT]
+    for key in keys:
+        assert f"| `{key}` |" in (root / "README.md").read_text()
+
+
+def test_reviews_zh_is_a_recipe_command_shipped_with_the_results(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit):  # reviews-zh stops early on its own: --steps is refused
+        recipes.main(["reviews-zh", "--steps", "3", "--out", str(tmp_path / "run")])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text("{}")
+    monkeypatch.setattr(recipes, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(recipes, "CHECKPOINTS", tmp_path / "checkpoints")
+    assert recipes.install(run, "reviews-zh") == tmp_path / "results" / "reviews-zh"
+    assert recipes.install(run, "book-gpt") == tmp_path / "checkpoints" / "book-gpt"

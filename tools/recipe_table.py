@@ -1,0 +1,112 @@
+"""Print the README's table of recipes from the shipped results: each recipe's training time
+(summed over its runs, on the CPU it recorded) and headline numbers.
+
+    python tools/recipe_table.py          # the markdown table
+    python tools/recipe_table.py --check  # exit 1 if README.md's table differs from it
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from companion import recipes, tagging  # noqa: E402
+
+BEGIN, END = "<!-- recipe table: tools/recipe_table.py -->", "<!-- end of recipe table -->"
+WHAT = {
+    "book-gpt": "byte-level GPT pre-trained on the movie reviews (4,000 steps)",
+    "book-bert": "character BERT pre-trained with MLM on the movie reviews",
+    "polarity-search": "learning-rate / LP-FT grid for MiniLM, validation only (seed 0)",
+    "polarity-plain": "MiniLM fully fine-tuned with common defaults (3 seeds)",
+    "polarity-full": "MiniLM fully fine-tuned, chosen configuration (3 seeds)",
+    "polarity-lora": "MiniLM with LoRA r=8 on every linear layer (3 seeds)",
+    "polarity-decoder": "SmolLM2 with a classification head and LoRA (3 seeds)",
+    "twitter-ner": "MiniLM token classification, Twitter NER (3 seeds)",
+    "oanc-pos": "MiniLM token classification, OANC part-of-speech tags (3 seeds)",
+    "peoples-daily-ner": "character BiLSTM, softmax vs CRF, People's Daily NER (3 seeds)",
+    "reviews-zh": "character BERT on Chinese reviews, to convergence (3 seeds)",
+    "peft-compare": "full, probe, BitFit, LoRA r1-r16, DoRA, rsLoRA, IA3, adapters, prompt tuning, "
+                    "int8-base LoRA (3 seeds)",
+}
+
+
+def _row(key: str) -> tuple[str, str, str] | None:
+    """(minutes, device, headline) of a shipped recipe; None if it is not shipped."""
+    if key in recipes.RECIPES:
+        path = recipes.CHECKPOINTS / key / "recipe.json"
+        if not path.exists():
+            return None
+        r = json.loads(path.read_text())
+        unit = r["validation_loss_unit"]
+        return f"{r['train_seconds'] / 60:.0f}", r["device"], \
+            f"validation loss {r['final_validation_loss']:.4f} {unit}"
+    folder = recipes.RESULTS / key
+    if not (folder / "results.json").exists():
+        return None
+    if key == "peft-compare":
+        return None  # not shipped yet: its results.json will give the table of companion.peft_compare
+    if key == "reviews-zh":
+        from companion import reviews
+
+        r = reviews.shipped_results(folder)
+        seconds = r["wall_seconds"]  # the search's runs included
+        return f"{seconds / 60:.0f}", r["device"], reviews.headline(r)
+    if key in recipes.POLARITY_RECIPES:
+        r = recipes.shipped_results(key)
+        if "candidates" in r:
+            seconds = sum(run["train_seconds"] for c in r["candidates"] for run in c["runs"])
+            best = {m: f"lr {c['lr']:g}{' LP-FT' if c['probe_init'] else ''}" for m, c in r["chosen"].items()}
+            return f"{seconds / 60:.0f}", r["device"], "chosen: " + ", ".join(f"{m} {c}" for m, c in best.items())
+        m = r["metrics"]["test_accuracy"]
+        seconds = sum(r["metrics"]["train_seconds"]["values"])
+        return f"{seconds / 60:.0f}", r["device"], f"test accuracy {_pm(m)}"
+    r = tagging.shipped_results(key)
+    if "variants" in r:
+        seconds = sum(sum(v["metrics"]["train_seconds"]["values"]) for v in r["variants"].values())
+        line = "; ".join(f"{name} test F1 {_pm(v['metrics']['test_f1'])}" for name, v in r["variants"].items())
+    else:
+        seconds = sum(r["metrics"]["train_seconds"]["values"])
+        line = f"{r['headline'].replace('_', ' ')} {_pm(r['metrics'][r['headline']])}"
+    return f"{seconds / 60:.0f}", r["device"], line
+
+
+def _pm(summary: dict) -> str:
+    """mean ± std of a seed summary."""
+    return f"{summary['mean']:.4f} ± {summary['std']:.4f}"
+
+
+def table() -> str:
+    """The markdown table of every recipe (those not shipped yet say so)."""
+    keys = list(recipes.RECIPES) + list(recipes.POLARITY_RECIPES) + list(tagging.RECIPE_KEYS) + ["reviews-zh", "peft-compare"]
+    lines = ["| recipe | what | training minutes (sum over runs) | recorded on | headline |",
+             "| --- | --- | ---: | --- | --- |"]
+    for key in keys:
+        row = _row(key)
+        minutes, device, headline = row if row else ("-", "-", "not shipped yet")
+        lines.append(f"| `{key}` | {WHAT.get(key, '')} | {minutes} | {device} | {headline} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Print the table, or with --check compare it with README.md's."""
+    text = table()
+    if "--check" not in argv:
+        print(text)
+        return 0
+    readme = (ROOT / "README.md").read_text()
+    if BEGIN not in readme or END not in readme:
+        print(f"README.md has no {BEGIN} ... {END} block")
+        return 1
+    current = readme.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    if current != text:
+        print("README.md's recipe table is stale: paste the output of python tools/recipe_table.py")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
