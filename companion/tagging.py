@@ -12,6 +12,7 @@ conditional random field (forward algorithm, Viterbi) on top of `CharTagger`, a 
     python -m companion.recipes twitter-ner        # search on validation, then 3 seeds: runs/twitter-ner
     python -m companion.recipes oanc-pos           # the same for POS, with the rule baselines
     python -m companion.recipes peoples-daily-ner  # character BiLSTM, softmax vs CRF, 3 seeds each
+    python -m companion.recipes peoples-daily-cws  # the same for word segmentation (BMES tags, word F1)
     python -m companion.tagging oanc-pos --max-steps 5 --subset 32 --seeds 0   # a quick check
 
 Each recipe writes `results.json` (every metric as mean ± std over seeds and per seed, the search
@@ -44,7 +45,7 @@ from companion.provenance import environment, seed_summary
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = Path("runs")
-METRICS = ("entity", "accuracy")
+METRICS = ("entity", "accuracy", "words")
 
 
 # ----------------------------------------------------------------------------- data
@@ -109,13 +110,22 @@ def word_labels(label_ids: np.ndarray) -> list[list[int]]:
 
 def score(gold: Sequence[Sequence[int]], pred: Sequence[Sequence[int]], label_names: Sequence[str],
           metric: str) -> dict[str, float]:
-    """Entity precision / recall / F1 (conlleval's exact-match) or tag accuracy of word label ids."""
+    """Entity precision / recall / F1 (conlleval's exact-match), tag accuracy, or word P / R / F1 of
+    BMES segmentation tags ("words"), from label ids."""
     if metric == "entity":
         names = list(label_names)
         s = entity_scores([[names[t] for t in g] for g in gold], [[names[t] for t in p] for p in pred])
         return {"f1": s.f1, "precision": s.precision, "recall": s.recall}
     if metric == "accuracy":
         return {"accuracy": accuracy([t for p in pred for t in p], [t for g in gold for t in g])}
+    if metric == "words":  # BMES tags: word precision / recall / F1 over the words' character spans
+        from companion.corpora import words_from_bmes
+        from companion.segmentation import segmentation_scores
+
+        names = list(label_names)
+        as_words = [[words_from_bmes("x" * len(tags), [names[t] for t in tags]) for tags in seqs]
+                    for seqs in (pred, gold)]
+        return segmentation_scores(*as_words)
     raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
@@ -673,8 +683,10 @@ def predict_chars(model: CharTagger, pieces: Sequence[tuple[str, list[int]]], vo
 
 
 def train_char_tagger(config: CharConfig, data: dict[str, list], label_names: Sequence[str], seed: int,
-                      *, max_steps: int | None = None, progress: bool = True) -> tuple[CharTagger, dict]:
-    """Train until validation entity F1 stops improving (`patience` epochs); keep the best epoch's weights."""
+                      *, max_steps: int | None = None, progress: bool = True,
+                      metric: str = "entity") -> tuple[CharTagger, dict]:
+    """Train until validation F1 (entities, or words for BMES) stops improving (`patience` epochs); keep
+    the best epoch's weights."""
     from companion.book import progress as bar
 
     vocab = char_vocabulary([text for text, _ in data["train"]])
@@ -697,7 +709,7 @@ def train_char_tagger(config: CharConfig, data: dict[str, list], label_names: Se
             total, n, steps = total + loss.item(), n + 1, steps + 1
             if max_steps is not None and steps >= max_steps:
                 break
-        f1 = score(gold, predict_chars(model, data["validation"], vocab), label_names, "entity")["f1"]
+        f1 = score(gold, predict_chars(model, data["validation"], vocab), label_names, metric)["f1"]
         history.append({"epoch": epoch, "train_loss": round(total / max(n, 1), 6), "validation_f1": f1})
         if f1 > best:
             best, best_epoch = f1, epoch
@@ -712,19 +724,31 @@ def train_char_tagger(config: CharConfig, data: dict[str, list], label_names: Se
 
 
 PEOPLES_DAILY_NER = CharConfig(dim=64, lr=2e-3, batch_size=64, max_epochs=15, patience=2, train_lines=4000)
+PEOPLES_DAILY_CWS = PEOPLES_DAILY_NER  # the same model and budget for word segmentation
+CHAR_TASKS = {  # task -> (recipe key, metric, description)
+    "ner": ("peoples-daily-ner", "entity", "People's Daily NER (PER/LOC/ORG over characters), split by article "
+            "(companion.corpora.load_peoples_daily_ner)"),
+    "cws": ("peoples-daily-cws", "words", "People's Daily word segmentation (BMES tags over characters, word F1), "
+            "split by article (companion.corpora.load_peoples_daily_cws)"),
+}
 
 
-def peoples_daily_pieces(train_lines: int | None = None, subset: int | None = None) -> dict[str, list]:
-    """People's Daily NER (split by article) cut into sentences: {split: [(text, tag ids), ...]}."""
-    from companion.corpora import load_peoples_daily_ner
+def peoples_daily_pieces(train_lines: int | None = None, subset: int | None = None,
+                         task: str = "ner") -> dict[str, list]:
+    """People's Daily NER or word segmentation ("cws", BMES tags), split by article, cut into sentences:
+    {split: [(text, tag ids), ...]}."""
+    from companion.corpora import load_peoples_daily_cws, load_peoples_daily_ner
 
-    data = load_peoples_daily_ner(by="article")
+    if task not in CHAR_TASKS:
+        raise ValueError(f"task must be one of {', '.join(CHAR_TASKS)}, got {task!r}")
+    data = load_peoples_daily_ner(by="article") if task == "ner" else load_peoples_daily_cws(by="article")
+    column = "ner_tags" if task == "ner" else "tags"
     out = {}
     for split in ("train", "validation", "test"):
         rows = data[split]
         if split == "train" and train_lines is not None:
             rows = rows.select(range(min(train_lines, len(rows))))
-        pieces = [p for text, tags in zip(rows["text"], rows["ner_tags"]) for p in split_sentences(text, tags)]
+        pieces = [p for text, tags in zip(rows["text"], rows[column]) for p in split_sentences(text, tags)]
         out[split] = pieces[:subset] if subset is not None else pieces
     return out
 
@@ -751,27 +775,34 @@ def load_char_tagger(folder: Path, n_tags: int, config: CharConfig) -> CharTagge
 
 
 def run_char_recipe(out: Path, *, config: CharConfig = PEOPLES_DAILY_NER, max_steps: int | None = None,
-                    subset: int | None = None, seeds: Sequence[int] = (0, 1, 2), progress: bool = True) -> dict:
-    """peoples-daily-ner: a character BiLSTM with softmax and with a CRF on top, over seeds; writes `out`."""
-    from companion.corpora import PEOPLES_DAILY_NER_TAGS as names
+                    subset: int | None = None, seeds: Sequence[int] = (0, 1, 2), progress: bool = True,
+                    task: str = "ner") -> dict:
+    """peoples-daily-ner / -cws: a character BiLSTM with softmax and with a CRF on top, over seeds; writes `out`."""
+    from companion.corpora import BMES, PEOPLES_DAILY_NER_TAGS
     from companion.resources import sha256
+
+    if task not in CHAR_TASKS:
+        raise ValueError(f"task must be one of {', '.join(CHAR_TASKS)}, got {task!r}")
+    key, metric, description = CHAR_TASKS[task]
+    names = PEOPLES_DAILY_NER_TAGS if task == "ner" else BMES
 
     if Path(out).resolve().is_relative_to(RESULTS.resolve()):
         raise ValueError(f"{out} is inside {RESULTS}, where the shipped results live: write elsewhere")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    data = peoples_daily_pieces(config.train_lines, subset)
+    data = peoples_daily_pieces(config.train_lines, subset, task)
     variants, artifacts = {}, {}
     for crf in (False, True):
         variant = "crf" if crf else "softmax"
         c = CharConfig(**(asdict(config) | {"crf": crf}))
         runs = []
         for seed in seeds:
-            model, figures = train_char_tagger(c, data, names, seed, max_steps=max_steps, progress=progress)
+            model, figures = train_char_tagger(c, data, names, seed, max_steps=max_steps, progress=progress,
+                                               metric=metric)
             gold = [tags for _, tags in data["test"]]
             pred = predict_chars(model, data["test"], model.vocab)
-            figures |= {"seed": seed, **{f"test_{k}": v for k, v in score(gold, pred, names, "entity").items()},
+            figures |= {"seed": seed, **{f"test_{k}": v for k, v in score(gold, pred, names, metric).items()},
                         "validation_f1": max(h["validation_f1"] for h in figures["history"])}
             folder = out / f"{variant}-seed-{seed}"
             paths = save_char_tagger(model, folder)
@@ -786,14 +817,13 @@ def run_char_recipe(out: Path, *, config: CharConfig = PEOPLES_DAILY_NER, max_st
                          "epochs", "train_seconds")}}
     paired = [c["test_f1"] - s["test_f1"] for s, c in zip(variants["softmax"]["runs"], variants["crf"]["runs"])]
     results = {
-        "recipe": "peoples-daily-ner", "task": "People's Daily NER (PER/LOC/ORG over characters), split by "
-        "article (companion.corpora.load_peoples_daily_ner)", "metric": "entity", "headline": "test_f1",
+        "recipe": key, "task": description, "metric": metric, "headline": "test_f1",
         "full_run": max_steps is None and subset is None and tuple(seeds) == (0, 1, 2),
         "max_steps": max_steps, "subset": subset, "seeds": list(seeds), "labels": list(names),
         "split_sizes": {s: len(p) for s, p in data.items()},
         "split_characters": {s: sum(len(t) for t, _ in p) for s, p in data.items()},
         "hyperparameters_chosen_on": "not searched (the chapter's BiLSTM size, 64 per direction; lr 2e-3, "
-                                     "batch 64); epochs: early stopping on validation entity F1 (patience "
+                                     "batch 64); epochs: early stopping on validation F1 (patience "
                                      f"{config.patience}), the best epoch's weights kept",
         "variants": variants, "crf_minus_softmax_test_f1": seed_summary(paired),
         "weights": "each run's weights (model.safetensors), vocabulary (vocab.json) and test predictions "
@@ -805,14 +835,15 @@ def run_char_recipe(out: Path, *, config: CharConfig = PEOPLES_DAILY_NER, max_st
     return results
 
 
-RECIPE_KEYS = (*sorted(RECIPES), "peoples-daily-ner")
+RECIPE_KEYS = (*sorted(RECIPES), "peoples-daily-ner", "peoples-daily-cws")
 
 
 def run_named(key: str, out: Path, *, max_steps: int | None = None, subset: int | None = None,
               seeds: Sequence[int] | None = None, progress: bool = True) -> dict:
     """Run the recipe `key` (one of `RECIPE_KEYS`) into `out`; returns its results.json."""
-    if key == "peoples-daily-ner":
+    if key in ("peoples-daily-ner", "peoples-daily-cws"):
         return run_char_recipe(out, max_steps=max_steps, subset=subset, seeds=tuple(seeds or (0, 1, 2)),
+                               task="ner" if key == "peoples-daily-ner" else "cws",
                                progress=progress)
     if key not in RECIPES:
         raise ValueError(f"unknown tagging recipe {key!r}: use one of {', '.join(RECIPE_KEYS)}")

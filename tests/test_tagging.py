@@ -214,6 +214,37 @@ def test_peoples_daily_recipe_runs_a_few_steps_and_ships_a_model_that_reproduces
     assert live == pytest.approx(results["variants"]["crf"]["runs"][1]["test_f1"])
 
 
+def test_peoples_daily_cws_recipe_scores_words_and_ships_a_model_that_reproduces_it(tmp_path, one_thread):
+    from companion.corpora import BMES, load_peoples_daily_cws
+    from companion.tagging import (PEOPLES_DAILY_CWS, CharConfig, load_char_tagger, peoples_daily_pieces,
+                                   predict_chars, run_named)
+
+    results = run_named("peoples-daily-cws", tmp_path, max_steps=3, subset=40, seeds=(0,), progress=False)
+    assert results["recipe"] == "peoples-daily-cws" and results["metric"] == "words"
+    assert set(results["variants"]) == {"softmax", "crf"}
+    data = peoples_daily_pieces(PEOPLES_DAILY_CWS.train_lines, subset=40, task="cws")
+    assert "".join(load_peoples_daily_cws()["test"][0]["text"]).startswith(data["test"][0][0])
+    config = CharConfig(**results["variants"]["softmax"]["config"])
+    model = load_char_tagger(tmp_path / "softmax-seed-0", len(BMES), config)
+    pred = predict_chars(model, data["test"], model.vocab)
+    live = score([t for _, t in data["test"]], pred, BMES, "words")["f1"]
+    assert live == pytest.approx(results["variants"]["softmax"]["runs"][0]["test_f1"])
+    with pytest.raises(ValueError, match="task must be one of"):
+        peoples_daily_pieces(task="pos")
+
+
+def test_word_scores_of_bmes_tags_are_those_of_the_words():
+    from companion.corpora import BMES, bmes_tags
+    from companion.segmentation import segmentation_scores
+
+    ids = {t: i for i, t in enumerate(BMES)}
+    gold_words, pred_words = [["迈向", "充满", "希望"], ["的"]], [["迈", "向", "充满", "希望"], ["的"]]
+    gold = [[ids[t] for t in bmes_tags(w)] for w in gold_words]
+    pred = [[ids[t] for t in bmes_tags(w)] for w in pred_words]
+    assert score(gold, pred, BMES, "words") == segmentation_scores(pred_words, gold_words)
+    assert score(gold, gold, BMES, "words")["f1"] == 1.0
+
+
 def test_entity_scores_agree_with_seqeval_on_random_tags():
     seqeval = pytest.importorskip("seqeval.metrics")
     rng = np.random.default_rng(0)

@@ -28,6 +28,7 @@ WHAT = {
     "twitter-ner": "MiniLM token classification, Twitter NER (3 seeds)",
     "oanc-pos": "MiniLM token classification, OANC part-of-speech tags (3 seeds)",
     "peoples-daily-ner": "character BiLSTM, softmax vs CRF, People's Daily NER (3 seeds)",
+    "peoples-daily-cws": "character BiLSTM, softmax vs CRF, People's Daily word segmentation (3 seeds)",
     "reviews-zh": "character BERT on Chinese reviews, to convergence (3 seeds)",
     "peft-compare": "full, probe, BitFit, LoRA r1-r16, DoRA, rsLoRA, IA3, adapters, prompt tuning, "
                     "int8-base LoRA (3 seeds)",
