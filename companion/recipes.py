@@ -522,16 +522,21 @@ def shipped_adapter(key: str, seed: int, folder: Path | None = None):
     return load_adapter(folder / f"seed-{seed}", FinetuneConfig(**results["config"]))
 
 
+def _check_recipe_args(parser: argparse.ArgumentParser, args: argparse.Namespace, why: str) -> None:
+    """Refuse --steps (these recipes run whole epochs: `why`) and a partial run with --replace-shipped."""
+    if args.steps is not None:
+        parser.error(f"{args.key} {why}: use --max-steps N to cut a quick check short")
+    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
+        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
+
+
 def _polarity_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The command for a polarity recipe: run it into runs/KEY (or --out), print its headline."""
     import companion
 
     recipe = POLARITY_RECIPES[args.key]
     out = args.out or RUNS / recipe.key
-    if args.steps is not None:
-        parser.error("polarity recipes run whole epochs: use --max-steps N to cut a quick check short")
-    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
-        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
+    _check_recipe_args(parser, args, "runs whole epochs")
     companion.setup()
     print(f"writing {out.resolve()}")
     seeds = tuple(args.seeds) if args.seeds is not None else None
@@ -555,18 +560,23 @@ def _polarity_main(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 def _reviews_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The command for reviews-zh (companion.reviews): runs/reviews-zh (or --out), one thread."""
-    import companion
     from companion.reviews import headline, run_reviews
 
-    if args.steps is not None:
-        parser.error("reviews-zh stops early on its own: use --max-steps N to cut a quick check short")
-    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
-        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
-    companion.setup(threads=1)
+    _check_recipe_args(parser, args, "stops early on its own")
+    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
+    return _run_one_thread(args, lambda out: run_reviews(out, max_steps=args.max_steps, subset=args.subset,
+                                                         seeds=seeds), headline)
+
+
+def _run_one_thread(args: argparse.Namespace, run_recipe, headline) -> int:
+    """Run a recipe on one thread (as the shipped runs were) into runs/KEY or --out; print its headline;
+    replace the shipped copy with --replace-shipped."""
+    import companion
+
+    companion.setup(threads=1)  # the shipped runs used one thread: a busy 2-core machine, reproducible sums
     out = args.out or RUNS / args.key
     print(f"writing {out.resolve()}")
-    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
-    r = run_reviews(out, max_steps=args.max_steps, subset=args.subset, seeds=seeds)
+    r = run_recipe(out)
     print(headline(r))
     print(f"wrote {(out / 'results.json').resolve()} in {r['wall_seconds']:.0f} s ({r['device']})")
     if args.replace_shipped:
@@ -578,10 +588,7 @@ def _peft_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     """The command for peft-compare (companion.peft_compare): every method, runs/peft-compare (or --out)."""
     from companion import peft_compare
 
-    if args.steps is not None:
-        parser.error("peft-compare runs whole epochs: use --max-steps N to cut a quick check short")
-    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
-        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
+    _check_recipe_args(parser, args, "runs whole epochs")
     out = args.out or RUNS / args.key
     argv = ["--out", str(out)]
     for flag, value in (("--max-steps", args.max_steps), ("--subset", args.subset)):
@@ -595,23 +602,12 @@ def _peft_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
 
 def _tagging_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The command for a token-classification recipe (companion.tagging): runs/KEY (or --out), one thread."""
-    import companion
     from companion.tagging import headline, run_named
 
-    if args.steps is not None:
-        parser.error("tagging recipes run whole epochs: use --max-steps N to cut a quick check short")
-    if args.replace_shipped and (args.max_steps, args.subset, args.seeds) != (None, None, None):
-        parser.error("--replace-shipped ships the recipe's full run: drop --max-steps, --subset and --seeds")
-    companion.setup(threads=1)  # the shipped runs used one thread: a busy 2-core machine, reproducible sums
-    out = args.out or RUNS / args.key
-    print(f"writing {out.resolve()}")
+    _check_recipe_args(parser, args, "runs whole epochs")
     seeds = tuple(args.seeds) if args.seeds is not None else None
-    r = run_named(args.key, out, max_steps=args.max_steps, subset=args.subset, seeds=seeds)
-    print(headline(r))
-    print(f"wrote {(out / 'results.json').resolve()} in {r['wall_seconds']:.0f} s ({r['device']})")
-    if args.replace_shipped:
-        print(f"replaced {install(out, args.key)}")
-    return 0
+    return _run_one_thread(args, lambda out: run_named(args.key, out, max_steps=args.max_steps,
+                                                       subset=args.subset, seeds=seeds), headline)
 
 
 def main(argv: list[str] | None = None) -> int:
