@@ -176,43 +176,51 @@ class _Int8Matmul(torch.autograd.Function):
         return grad @ (weight.to(grad.dtype) * scale.to(grad.dtype)[:, None]), None, None, None
 
 
-class Int8LoraLinear(nn.Module):
-    """A frozen linear layer held as int8 (per-output-channel absmax scale), dequantised in forward,
-    with a trainable LoRA pair on top: W x + b + (alpha / r) B A dropout(x), B zero-initialised."""
+class Int8Linear(nn.Linear):
+    """A frozen linear layer held as int8 with one absmax scale per output row, dequantised in forward.
+    An `nn.Linear` subclass (as bitsandbytes' 8-bit layers are), so `companion.lora.LoRALinear` wraps it."""
 
-    def __init__(self, linear: nn.Linear, r: int, alpha: float, dropout: float = 0.1) -> None:
-        super().__init__()
+    def __init__(self, linear: nn.Linear) -> None:
+        nn.Module.__init__(self)  # not nn.Linear's: no float weight is allocated
+        self.in_features, self.out_features = linear.in_features, linear.out_features
         w = linear.weight.detach().float()
         scale = w.abs().amax(1).clamp(min=1e-12) / 127
         self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("scale", scale)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
                                                                   requires_grad=False)
-        self.lora_A = nn.Parameter(torch.empty(r, linear.in_features))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # peft's LoRA A init
-        self.lora_B = nn.Parameter(torch.zeros(linear.out_features, r))
-        self.scaling, self.dropout = alpha / r, nn.Dropout(dropout)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The fp32 weight the int8 one stands for (a new tensor: it cannot be updated in place)."""
+        return self.dequantized()
+
+    @weight.setter
+    def weight(self, value: torch.Tensor) -> None:
+        raise AttributeError("an int8 base layer cannot take a merged LoRA update: dequantize the model "
+                             "(keep the fp32 base) and merge there")
 
     def dequantized(self) -> torch.Tensor:
         """The fp32 weight the int8 one stands for."""
         return self.weight_int8.float() * self.scale[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The int8 base's output plus LoRA's."""
-        base = _Int8Matmul.apply(x, self.weight_int8, self.scale, self.bias)
-        return base + self.dropout(x) @ self.lora_A.T @ self.lora_B.T * self.scaling
+        """x W^T + b with W dequantised on the fly; only the int8 weight is kept for backward."""
+        return _Int8Matmul.apply(x, self.weight_int8, self.scale, self.bias)
 
 
 def quantized_lora(encoder: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.1) -> nn.Module:
-    """QLoRA's idea by hand: every linear layer of `encoder` (peft's "all-linear" set) replaced by an
-    int8 copy with LoRA (r, alpha) on top; everything but the LoRA pairs frozen."""
+    """QLoRA's idea by hand: every linear layer of `encoder` (peft's "all-linear" set) held in int8
+    (`Int8Linear`) and wrapped in `companion.lora.LoRALinear` (r, alpha); all but the LoRA pairs frozen."""
+    from companion.lora import LoRALinear
+
     for p in encoder.parameters():
         p.requires_grad = False
     linears = [(name, m) for name, m in encoder.named_modules() if isinstance(m, nn.Linear)]
     for name, linear in linears:
         parent, _, child = name.rpartition(".")
         setattr(encoder.get_submodule(parent) if parent else encoder, child,
-                Int8LoraLinear(linear, r, alpha, dropout))
+                LoRALinear(Int8Linear(linear), r=r, alpha=alpha, dropout=dropout))
     return encoder
 
 
@@ -220,7 +228,7 @@ def linear_weight_bytes(model: nn.Module) -> int:
     """Bytes of the encoder's linear-layer weights as held (fp32 matrices, or int8 + fp32 scales)."""
     total = 0
     for module in model.modules():
-        if isinstance(module, Int8LoraLinear):
+        if isinstance(module, Int8Linear):
             total += module.weight_int8.nbytes + module.scale.nbytes
         elif isinstance(module, nn.Linear) and not _is_added(module, model):
             total += module.weight.nbytes
@@ -294,7 +302,7 @@ def build(method: str, seed: int):
 def count(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) numbers of parameters; an int8 base weight counts as parameters too."""
     trainable, total = trainable_parameters(model)
-    return trainable, total + sum(m.weight_int8.numel() for m in model.modules() if isinstance(m, Int8LoraLinear))
+    return trainable, total + sum(m.weight_int8.numel() for m in model.modules() if isinstance(m, Int8Linear))
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -117,10 +117,12 @@ def test_the_int8_base_is_a_quarter_of_fp32_and_close_to_it(batch):
     a, b = pooled(fp32, batch), pooled(int8, batch)
     assert ((a - b).norm(dim=1) / a.norm(dim=1)).max() < 0.06
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.998
-    layer = int8.encoder.encoder.layer[0].attention.self.query
+    layer = int8.encoder.encoder.layer[0].attention.self.query.base_layer
     original = fp32.encoder.encoder.layer[0].attention.self.query.weight
     assert layer.weight_int8.dtype == torch.int8
     assert ((layer.dequantized() - original).abs() <= layer.scale[:, None] / 2 + 1e-7).all()
+    with pytest.raises(AttributeError, match="cannot take a merged LoRA update"):
+        int8.encoder.encoder.layer[0].attention.self.query.merge()
 
 
 def test_the_int8_base_gets_no_gradient_and_lora_does(batch):
@@ -129,8 +131,10 @@ def test_the_int8_base_gets_no_gradient_and_lora_does(batch):
     out = model(**batch)
     out.loss.backward()
     layer = model.encoder.encoder.layer[0].attention.self.query
-    assert layer.lora_A.grad is None or not layer.lora_A.grad.any()  # B = 0: A's gradient is zero at first
-    assert layer.lora_B.grad.any() and layer.bias.grad is None and model.head.weight.grad.any()
+    assert type(layer).__name__ == "LoRALinear"  # companion.lora's, around an int8 base
+    grad_A = layer.lora_A.weight.grad
+    assert grad_A is None or not grad_A.any()  # B = 0: A's gradient is zero at first
+    assert layer.lora_B.weight.grad.any() and layer.base_layer.bias.grad is None and model.head.weight.grad.any()
 
 
 @pytest.mark.parametrize("method", list(METHODS))
