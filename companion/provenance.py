@@ -4,6 +4,7 @@ per-seed summaries (mean ± sample std), as written into every results.json."""
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import subprocess
 from collections.abc import Sequence
@@ -55,3 +56,18 @@ def environment(device: str | torch.device | None = None) -> dict:
             "versions": {"python": platform.python_version(),
                          **{name: _version(name) for name in LIBRARIES}},
             "git_commit": git_commit(), "date": datetime.date.today().isoformat()}
+
+
+def verified_results(folder: Path, key: str) -> dict:
+    """`folder`/results.json of recipe `key`, after checking every artifact it lists against its sha256."""
+    from companion.resources import sha256
+
+    path = Path(folder) / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no {path}: run python -m companion.recipes {key}")
+    results = json.loads(path.read_text(encoding="utf-8"))
+    for name, digest in results.get("artifacts", {}).items():
+        if not (folder / name).exists() or sha256(folder / name) != digest:
+            raise ValueError(f"{folder / name} is missing or differs from the sha256 in {path}: restore it "
+                             f"(git checkout -- {folder}) or rerun python -m companion.recipes {key}")
+    return results

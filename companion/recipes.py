@@ -54,7 +54,7 @@ from companion.finetune import (
     train_classifier,
     trainable_parameters,
 )
-from companion.provenance import environment, seed_summary
+from companion.provenance import environment, seed_summary, verified_results
 from companion.resources import CHECKPOINTS, sha256
 from companion.tagging import RECIPE_KEYS as TAGGING_RECIPES
 
@@ -499,16 +499,7 @@ def _finished_part(path: Path, out: Path, key: dict) -> dict | None:
 def shipped_results(key: str, folder: Path | None = None) -> dict:
     """The results.json of a polarity recipe (default: the shipped copy), every artifact's sha256
     checked against it."""
-    folder = Path(folder) if folder is not None else RESULTS / key
-    path = folder / "results.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no {path}: run python -m companion.recipes {key}")
-    results = json.loads(path.read_text())
-    for name, digest in results.get("artifacts", {}).items():
-        if not (folder / name).exists() or sha256(folder / name) != digest:
-            raise ValueError(f"{folder / name} is missing or differs from the sha256 in {path}: restore it "
-                             f"(git checkout -- {folder}) or rerun python -m companion.recipes {key}")
-    return results
+    return verified_results(Path(folder) if folder is not None else RESULTS / key, key)
 
 
 def shipped_adapter(key: str, seed: int, folder: Path | None = None):

@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from companion.device import pick_device
 from companion.finetune import paired_bootstrap
-from companion.provenance import environment, seed_summary
+from companion.provenance import environment, seed_summary, verified_results
 from companion.resources import sha256
 
 RECIPE = "reviews-zh"
@@ -240,17 +240,7 @@ def load_shipped(folder: Path, seed: int) -> tuple[object, list[str]]:
 
 def shipped_results(folder: Path | None = None) -> dict:
     """results.json of a reviews-zh folder (default: the shipped copy), every artifact's sha256 checked."""
-    folder = Path(folder) if folder is not None else SHIPPED
-    path = folder / "results.json"
-    if not path.exists():
-        raise ValueError(f"{path} is missing: run companion.reviews.run_reviews into {folder} first")
-    results = json.loads(path.read_text(encoding="utf-8"))
-    for name, digest in results.get("artifacts", {}).items():
-        if not (folder / name).exists():
-            raise ValueError(f"{folder / name} is missing (results.json records its sha256)")
-        if sha256(folder / name) != digest:
-            raise ValueError(f"{folder / name} differs from the sha256 in {path}")
-    return results
+    return verified_results(Path(folder) if folder is not None else SHIPPED, RECIPE)
 
 
 def run_reviews(out: Path, *, max_steps: int | None = None, subset: int | None = None,

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from companion.metrics import IGNORE_INDEX, accuracy, align_labels_with_tokens, entity_scores
-from companion.provenance import environment, seed_summary
+from companion.provenance import environment, seed_summary, verified_results
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -552,18 +552,7 @@ def run_recipe(recipe: TaggingRecipe, out: Path, *, max_steps: int | None = None
 
 def shipped_results(key: str, folder: Path | None = None) -> dict:
     """The results.json of a tagging recipe (default: the shipped copy in companion/results/KEY), hashes checked."""
-    folder = Path(folder) if folder is not None else RESULTS / key
-    path = folder / "results.json"
-    if not path.exists():
-        raise FileNotFoundError(f"no {path}: run python -m companion.recipes {key}")
-    results = json.loads(path.read_text())
-    from companion.resources import sha256
-
-    for name, digest in results.get("artifacts", {}).items():
-        if not (folder / name).exists() or sha256(folder / name) != digest:
-            raise ValueError(f"{folder / name} is missing or differs from the sha256 in {path}: restore it "
-                             f"(git checkout -- {folder}) or rerun python -m companion.recipes {key}")
-    return results
+    return verified_results(Path(folder) if folder is not None else RESULTS / key, key)
 
 
 def rescore(key: str, seed: int, folder: Path | None = None) -> dict[str, float]:
