@@ -65,11 +65,17 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return weights @ v, weights
 
 
-def causal_mask(n: int, *, device: torch.device | str | None = None) -> torch.Tensor:
-    """(n, n) bool: query i may attend to keys 0..i (lower triangle, diagonal included)."""
+def causal_mask(n: int, *, n_keys: int | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """(n, n_keys) bool: the n queries are the last n of n_keys tokens (default n_keys = n, the
+    square lower triangle); each may attend to itself and the keys before it (a KV cache's case)."""
+    n_keys = n if n_keys is None else n_keys
     if n < 1:
         raise ValueError(f"n must be a positive number of tokens, got {n}")
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+    if n_keys < n:
+        raise ValueError(f"n_keys={n_keys} is fewer than the n={n} queries: the queries are the last "
+                         "n of the n_keys tokens")
+    return torch.ones(n, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n)
 
 
 def padding_mask(lengths: Sequence[int] | torch.Tensor, n: int | None = None) -> torch.Tensor:
@@ -142,7 +148,8 @@ class MultiHeadAttention(nn.Module):
         elif mask is not None and mask.dtype == torch.bool:
             full = full & mask
         elif mask is not None:  # float mask: turn the boolean part into -inf and add
-            full = torch.zeros(full.shape, dtype=mask.dtype).masked_fill(~full, float("-inf")) + mask
+            blocked = torch.zeros(full.shape, dtype=mask.dtype, device=mask.device)
+            full = blocked.masked_fill(~full, float("-inf")) + mask
         out, weights = scaled_dot_product_attention(q, k, v, mask=full)  # (batch, heads, L_q, d_head)
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.d_model)
         return self.out_proj(out), weights
@@ -190,15 +197,17 @@ def rope_angles(positions: int | Sequence[int] | torch.Tensor, d: int, *,
     """(len(positions), d/2) rotation angles pos · θ_i with θ_i = base^(-2i/d) (RoPE).
 
     `positions` is a number of tokens n (positions 0..n-1) or explicit positions. The angles are
-    computed in float64 and returned as `dtype`.
+    computed on the positions' device, in float64 (float32 on MPS, which has no float64), and
+    returned as `dtype`.
     """
     if d % 2:
         raise ValueError(f"d must be even (RoPE rotates pairs of features), got {d}")
     if isinstance(positions, int):
         positions = torch.arange(positions)
-    positions = torch.as_tensor(positions, dtype=torch.float64)
-    theta = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
-    return (positions[:, None] * theta).to(dtype)
+    positions = torch.as_tensor(positions)
+    wide = torch.float32 if positions.device.type == "mps" else torch.float64
+    theta = base ** (-torch.arange(0, d, 2, dtype=wide, device=positions.device) / d)
+    return (positions.to(wide)[:, None] * theta).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:

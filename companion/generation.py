@@ -70,7 +70,7 @@ def sample_next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: 
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
-def _check(temperature: float, top_k: int | None, top_p: float | None, greedy: bool) -> None:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, greedy: bool) -> None:
     """Reject bad sampling arguments before any work is done."""
     if not greedy and not temperature > 0:
         raise ValueError(f"temperature must be > 0 when sampling, got {temperature}: "
@@ -92,7 +92,7 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, temperature
     (the cache is then rebuilt each step). Rows that produced `eos_token_id` are padded with it;
     generation stops early when every row has. Call `model.eval()` first (dropout stays on otherwise).
     """
-    _check(temperature, top_k, top_p, greedy)
+    check_sampling(temperature, top_k, top_p, greedy)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch, time), got shape {tuple(input_ids.shape)}: "
                          "add a batch dimension with input_ids[None]")

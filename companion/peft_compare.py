@@ -559,9 +559,18 @@ def run_compare(out: str | Path, *, methods: Sequence[str] | None = None, seeds:
                "methods": results, "table": table_rows({"methods": results}), "adapter_workflow": workflow,
                "resumed": resumed, "wall_seconds": round(time.perf_counter() - start, 1), **environment(device)}
     (out / "results.json").write_text(json.dumps(figures, indent=1) + "\n")
-    for part in parts:
-        part.unlink(missing_ok=True)
+    if figures["full_run"]:  # a call on some methods keeps its parts: a later call on all resumes them
+        for part in parts:
+            part.unlink(missing_ok=True)
     return figures
+
+
+def shipped_results(folder: str | Path | None = None) -> dict:
+    """The results.json of the peft-compare recipe (default: the shipped copy in companion/results)."""
+    from companion.provenance import verified_results
+    from companion.recipes import RESULTS
+
+    return verified_results(Path(folder) if folder is not None else RESULTS / "peft-compare", "peft-compare")
 
 
 def table_rows(results: dict) -> list[dict]:

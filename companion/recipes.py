@@ -472,8 +472,9 @@ def run_polarity(recipe: PolarityRecipe, out: Path, *, max_steps: int | None = N
     if recipe.config is not None:
         figures["resumed_seeds"] = resumed  # finished by an earlier, interrupted call
     (out / "results.json").write_text(json.dumps(figures, indent=1) + "\n")
-    for part in out.glob(".*seed-*.json"):
-        part.unlink()
+    if figures["full_run"]:  # a shortened call keeps its parts: the full call resumes them
+        for part in out.glob(".*seed-*.json"):
+            part.unlink()
     return figures
 
 

@@ -250,3 +250,24 @@ def test_rope_explicit_positions_and_bad_input():
         rope_angles(4, 7)
     with pytest.raises(ValueError, match="angles"):
         apply_rope(torch.randn(5, 8), rope_angles(4, 8))
+
+
+def test_causal_mask_for_queries_after_cached_keys():
+    # 2 new queries after 3 cached tokens: the rows 3 and 4 of the 5 x 5 triangle
+    assert torch.equal(causal_mask(2, n_keys=5), causal_mask(5)[3:])
+    assert torch.equal(causal_mask(4, n_keys=4), causal_mask(4))
+    with pytest.raises(ValueError, match="fewer than the n=3 queries"):
+        causal_mask(3, n_keys=2)
+
+
+def test_masks_and_rope_are_built_on_the_inputs_device():
+    # the "meta" device stands in for a GPU: a tensor made on the CPU by mistake cannot mix with it
+    mha = MultiHeadAttention(8, 2).to("meta")
+    x = torch.empty(2, 5, 8, device="meta")
+    padding = torch.ones(2, 5, dtype=torch.bool, device="meta")
+    extra = torch.zeros(5, 5, device="meta")  # a float mask: the boolean part is turned into -inf
+    out, weights = mha(x, padding=padding, causal=True, mask=extra)
+    assert out.device.type == weights.device.type == "meta"
+    angles = rope_angles(torch.arange(4, device="meta"), 8)
+    assert angles.device.type == "meta" and angles.shape == (4, 4) and angles.dtype == torch.float32
+    assert causal_mask(2, n_keys=3, device="meta").device.type == "meta"

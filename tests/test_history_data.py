@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 CSV = Path(__file__).resolve().parents[1] / "companion" / "data" / "milestones.csv"
-COLUMNS = ["year", "model", "organisation", "parameters", "training_tokens", "citation", "notes"]
+COLUMNS = ["year", "model", "organisation", "parameters", "corpus_size", "corpus_unit",
+           "tokens_trained", "citation", "source", "notes"]
+NUMBERS = ["parameters", "corpus_size", "tokens_trained"]
 ARXIV = re.compile(r"arXiv:(\d{2})(\d{2})\.(\d{4,5})\b")
 
 
@@ -28,7 +30,7 @@ def row(table: pd.DataFrame, model: str) -> pd.Series:
 def test_columns_and_types(table):
     assert list(table.columns) == COLUMNS
     assert pd.api.types.is_integer_dtype(table["year"])
-    for column in ("parameters", "training_tokens"):
+    for column in NUMBERS:
         assert pd.api.types.is_float_dtype(table[column]) or pd.api.types.is_integer_dtype(table[column])
     for column in ("model", "organisation", "citation"):
         assert table[column].notna().all(), f"empty cell in {column}"
@@ -71,16 +73,42 @@ def test_arxiv_ids_agree_with_the_year_and_order(table):
 
 
 def test_numbers_are_positive_whole_and_plausible(table):
-    for column, low, high in (("parameters", 1e3, 1e13), ("training_tokens", 1e8, 1e14)):
+    for column, low, high, known in (("parameters", 1e3, 1e13, 12), ("corpus_size", 1e8, 1e14, 8),
+                                     ("tokens_trained", 1e8, 1e14, 12)):
         values = table[column].dropna()
-        assert len(values) >= 12, f"too few known {column}"
+        assert len(values) >= known, f"too few known {column}"
         assert ((values >= low) & (values <= high)).all(), f"{column} outside [{low:g}, {high:g}]"
         assert (values == values.round()).all(), f"{column} must be whole numbers"
 
 
+def test_corpus_size_always_has_its_unit(table):
+    """A corpus is counted in words or in tokens, and the unit says which: never a bare number."""
+    has_size = table["corpus_size"].notna()
+    assert (has_size == table["corpus_unit"].notna()).all(), "corpus_size and corpus_unit go together"
+    assert set(table.loc[has_size, "corpus_unit"]) <= {"words", "tokens"}
+
+
+def test_every_number_has_a_source(table):
+    for _, r in table.iterrows():
+        for column in NUMBERS:
+            if not math.isnan(r[column]):
+                assert isinstance(r["source"], str) and len(r["source"]) > 5, f"{r['model']}: source of {column}"
+        if isinstance(r["source"], str):
+            named = [c for c in ("parameters", "corpus", "tokens trained") if c in r["source"]]
+            assert named, f"{r['model']}: the source must say which number it sources"
+
+
+def test_word_corpora_were_trained_on_more_tokens_than_their_size(table):
+    """Where both are known for a word-counted corpus, training went over it more than once:
+    the earlier table stored such corpus sizes as if they were the tokens trained on."""
+    rows = table[(table["corpus_unit"] == "words") & table["tokens_trained"].notna()]
+    assert len(rows) >= 3
+    assert (rows["tokens_trained"] > rows["corpus_size"]).all()
+
+
 def test_every_empty_cell_is_explained(table):
     for _, r in table.iterrows():
-        if math.isnan(r["parameters"]) or math.isnan(r["training_tokens"]):
+        if any(math.isnan(r[column]) for column in NUMBERS):
             assert isinstance(r["notes"], str) and len(r["notes"]) > 20, f"{r['model']}: explain the empty cell"
 
 
@@ -94,20 +122,38 @@ def test_figures_that_can_be_recomputed(table):
               + 120 * (16 * 25 + 1)              # C5
               + 84 * (120 + 1))                  # F6
     assert row(table, "LeNet-5")["parameters"] == lenet5 == 60_000
-    # seq2seq: 348M French + 304M English words.
-    assert row(table, "Seq2seq LSTM")["training_tokens"] == (348 + 304) * 1e6
+    # seq2seq: 348M French + 304M English words, trained for 7.5 epochs (Sections 3.1 and 3.4).
+    seq2seq = row(table, "Seq2seq LSTM")
+    assert seq2seq["corpus_size"] == (348 + 304) * 1e6 and seq2seq["corpus_unit"] == "words"
+    assert seq2seq["tokens_trained"] == 7.5 * seq2seq["corpus_size"]
+    # Transformer (big): 300,000 steps of about 25,000 source + 25,000 target tokens.
+    assert row(table, "Transformer (big)")["tokens_trained"] == 300_000 * (25_000 + 25_000)
     # T5's "about 1 trillion": 1M steps x 2^11 sequences x 512 tokens.
-    assert row(table, "T5-11B")["training_tokens"] == pytest.approx(1e6 * 2**11 * 512, rel=0.05)
+    assert row(table, "T5-11B")["tokens_trained"] == pytest.approx(1e6 * 2**11 * 512, rel=0.05)
+    # GPT-3: 300B tokens trained on; the mix of Table 2.2 holds 410 + 19 + 12 + 55 + 3 = 499B.
+    gpt3 = row(table, "GPT-3")
+    assert gpt3["tokens_trained"] == 300e9
+    assert gpt3["corpus_size"] == (410 + 19 + 12 + 55 + 3) * 1e9 and gpt3["corpus_unit"] == "tokens"
     # Chinchilla's rule of thumb, about 20 tokens per parameter, holds for Chinchilla itself.
     chinchilla = row(table, "Chinchilla")
-    assert chinchilla["training_tokens"] / chinchilla["parameters"] == pytest.approx(20)
-    # BERT-base and BERT-large share one corpus: 800M + 2,500M words.
-    assert row(table, "BERT-base")["training_tokens"] == row(table, "BERT-large")["training_tokens"] == 3.3e9
+    assert chinchilla["tokens_trained"] / chinchilla["parameters"] == pytest.approx(20)
+    # BERT: a corpus of 800M + 2,500M words; 1M steps of 256 sequences, 128 tokens long for 90%
+    # of them and 512 for the rest (Appendix A.2). Both sizes share corpus and schedule.
+    bert_tokens = 1_000_000 * 256 * (0.9 * 128 + 0.1 * 512)
+    for name in ("BERT-base", "BERT-large"):
+        bert = row(table, name)
+        assert bert["corpus_size"] == (800 + 2500) * 1e6 and bert["corpus_unit"] == "words"
+        assert bert["tokens_trained"] == pytest.approx(bert_tokens)
+        # the paper's "approximately 40 epochs" counts every step at 512 tokens: an upper bound
+        assert bert["tokens_trained"] < 1e6 * 256 * 512
+    # Qwen2.5's report gives the size of its data (18T tokens), not the tokens trained on.
+    qwen = row(table, "Qwen2.5-72B")
+    assert qwen["corpus_size"] == 18e12 and math.isnan(qwen["tokens_trained"])
 
 
 def test_undisclosed_sizes_stay_empty(table):
     gpt4 = row(table, "GPT-4")
-    assert math.isnan(gpt4["parameters"]) and math.isnan(gpt4["training_tokens"])
+    assert all(math.isnan(gpt4[column]) for column in NUMBERS)
 
 
 def test_the_package_ships_the_table_and_loads_it(table):

@@ -182,7 +182,25 @@ def test_run_compare_writes_results_json(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     check_results(saved, ["probe", "ia3"], [0, 1])
-    assert saved["resumed"] == [] and not list(tmp_path.glob(".*.json"))  # the part files are gone
+    assert saved["resumed"] == []
+    # a call on some methods keeps its part files, so that a later call on every method resumes them
+    assert sorted(p.name for p in tmp_path.glob(".*.json")) == [
+        f".{m}-seed-{s}.json" for m in ("ia3", "probe") for s in (0, 1)]
+    again = peft_compare.run_compare(tmp_path, methods=["ia3"], seeds=(1,), max_steps=2, subset=16)
+    assert again["resumed"] == [["ia3", 1]] and again["methods"]["ia3"]["runs"] == saved["methods"]["ia3"]["runs"][1:]
+
+
+def test_a_full_run_deletes_its_part_files(tmp_path, monkeypatch):
+    def fake_run(method, seed, data, *, max_steps=None, device=None):
+        return {"method": method, "seed": seed, "trainable_parameters": 1, "total_parameters": 2,
+                "linear_weight_bytes": 3, **{metric: 0.5 for metric in peft_compare.METRICS}}
+
+    monkeypatch.setattr(peft_compare, "run_method", fake_run)
+    monkeypatch.setattr(peft_compare, "adapter_workflow", lambda tmp: {})
+    monkeypatch.setattr(peft_compare, "polarity_data", lambda subset=None: {"train": [], "test": []})
+    results = peft_compare.run_compare(tmp_path)
+    assert results["full_run"] is True and list(results["methods"]) == list(METHODS)
+    assert not list(tmp_path.glob(".*.json"))  # every seed of every method is in results.json
 
 
 def test_run_compare_resumes_after_an_interrupted_seed(tmp_path, monkeypatch):
@@ -216,3 +234,8 @@ def test_run_compare_refuses_the_shipped_results(monkeypatch):
     monkeypatch.setattr(peft_compare, "run_method", lambda *a, **k: pytest.fail("started"))
     with pytest.raises(ValueError, match="shipped"):
         peft_compare.run_compare(RESULTS / "peft-compare", methods=["probe"], max_steps=1)
+
+
+def test_shipped_results_say_how_to_make_them_when_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m companion.recipes peft-compare"):
+        peft_compare.shipped_results(tmp_path)

@@ -64,7 +64,8 @@ def _row(key: str) -> tuple[str, str, str] | None:
             return f"{seconds / 60:.0f}", r["device"], "chosen: " + ", ".join(f"{m} {c}" for m, c in best.items())
         m = r["metrics"]["test_accuracy"]
         seconds = sum(r["metrics"]["train_seconds"]["values"])
-        return f"{seconds / 60:.0f}", r["device"], f"test accuracy {_pm(m)}"
+        note = f" (timing: {r['timing_note']})" if "timing_note" in r else ""
+        return f"{seconds / 60:.0f}", r["device"], f"test accuracy {_pm(m)}{note}"
     r = tagging.shipped_results(key)
     if "variants" in r:
         seconds = sum(sum(v["metrics"]["train_seconds"]["values"]) for v in r["variants"].values())
