@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import tempfile
 import time
@@ -98,7 +97,7 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     _lora(16),
     # DoRA (Liu et al. 2024) uses LoRA's learning rate; +1 magnitude per output feature of each linear
     _lora(8, "not searched: LoRA's 5e-4 (DoRA's paper keeps LoRA's hyperparameters)", dora=True),
-    # rsLoRA (Kalajievic 2023): scale alpha / sqrt(r) = 5.66 at r=8 instead of alpha / r = 2
+    # rsLoRA (Kalajdzievski 2023): scale alpha / sqrt(r) = 5.66 at r=8 instead of alpha / r = 2
     _lora(8, "not searched: LoRA's 5e-4 (the larger scale is the point of rsLoRA)", rslora=True),
     # IA3 (Liu et al. 2022, T-Few): learned scales of keys, values and the FFN's inner activations
     Method("ia3", "ia3", 3e-3, "not searched: T-Few's 3e-3"),

@@ -239,3 +239,28 @@ def test_run_compare_refuses_the_shipped_results(monkeypatch):
 def test_shipped_results_say_how_to_make_them_when_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m companion.recipes peft-compare"):
         peft_compare.shipped_results(tmp_path)
+
+
+def test_shipped_results_are_whole_and_their_numbers_follow_from_the_runs():
+    import numpy as np
+
+    from companion import recipes
+    from companion.corpora import load_polarity
+
+    results = peft_compare.shipped_results()
+    assert results["full_run"] and list(results["methods"]) == list(METHODS)
+    labels = np.array(load_polarity()["test"]["label"])
+    for method, r in results["methods"].items():
+        runs = r["runs"]
+        assert [run["seed"] for run in runs] == [0, 1, 2], method
+        assert r["trainable_parameters"] == EXPECTED.get(method, r["trainable_parameters"])
+        for run in runs:  # each recorded accuracy is its recorded probabilities' accuracy
+            right = (np.array(run["test_probabilities"]) > 0.5) == labels
+            assert right.mean() == pytest.approx(run["test_accuracy"], abs=1e-6), method
+        values = [run["test_accuracy"] for run in runs]
+        assert r["metrics"]["test_accuracy"]["values"] == values
+        assert r["metrics"]["test_accuracy"]["mean"] == pytest.approx(np.mean(values))
+    # lora-r8 is polarity-lora's recipe run again (same seeds, same configuration): same results
+    lora = recipes.shipped_results("polarity-lora")["runs"]
+    assert [run["test_accuracy"] for run in results["methods"]["lora-r8"]["runs"]] == [
+        run["test_accuracy"] for run in lora]

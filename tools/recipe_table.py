@@ -49,7 +49,15 @@ def _row(key: str) -> tuple[str, str, str] | None:
     if not (folder / "results.json").exists():
         return None
     if key == "peft-compare":
-        return None  # not shipped yet: its results.json will give the table of companion.peft_compare
+        from companion import peft_compare
+
+        r = peft_compare.shipped_results(folder)
+        seconds = sum(run["train_seconds"] for m in r["methods"].values() for run in m["runs"])
+        loras = [m for m in r["methods"] if m.startswith(("lora-", "dora-", "rslora-"))]
+        chosen = max(loras, key=lambda m: r["methods"][m]["metrics"]["validation_accuracy"]["mean"])
+        line = ", ".join(f"{m} {_pm(r['methods'][m]['metrics']['test_accuracy'])}" for m in ["full", chosen])
+        line += f" (the LoRA chosen on validation), probe {_pm(r['methods']['probe']['metrics']['test_accuracy'])}"
+        return f"{seconds / 60:.0f}", r["device"], f"test accuracy: {line} ({len(r['methods'])} methods)"
     if key == "reviews-zh":
         from companion import reviews
 
