@@ -4,7 +4,8 @@ Token + position + segment embeddings with LayerNorm, post-LayerNorm encoder blo
 (x = LN(x + attn(x)), x = LN(x + mlp(x))), an MLM head (dense + GELU + LayerNorm, then a decoder
 tied to the token embedding plus a bias) and an optional next-sentence head (pooler on the first
 token + 2-way classifier): the architecture of Hugging Face's ``BertForPreTraining``, with which
-``to_hf_bert`` converts it weight for weight.
+``to_hf_bert`` converts it weight for weight. The attention is ``companion.attention``'s
+``MultiHeadAttention``, bidirectional, with padding keys hidden.
 
 >>> import torch
 >>> from companion.bert import BertConfig, BertForPreTraining
@@ -25,6 +26,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from companion.attention import MultiHeadAttention
 
 LN_EPS = 1e-12  # BERT's LayerNorm epsilon
 
@@ -69,39 +72,21 @@ class BertOutput:
         return self.mlm_head(self.hidden_states)
 
 
-class SelfAttention(nn.Module):
-    """Bidirectional multi-head attention; padding keys are hidden by the mask."""
-
-    def __init__(self, config: BertConfig) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        self.dropout = config.dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.proj = nn.Linear(config.n_embd, config.n_embd)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for t in self.qkv(x).split(C, dim=2))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
-
-
 class EncoderBlock(nn.Module):
     """Post-LayerNorm block as in BERT: x = LN(x + attn(x)); x = LN(x + mlp(x))."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
-        self.attn = SelfAttention(config)
+        self.attn = MultiHeadAttention(config.n_embd, config.n_head, dropout=config.dropout)
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=LN_EPS)
         self.fc_in = nn.Linear(config.n_embd, config.intermediate)
         self.fc_out = nn.Linear(config.intermediate, config.n_embd)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=LN_EPS)
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.ln_1(x + self.drop(self.attn(x, mask)))
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+        """padding: (batch, time), True (or 1) for real tokens: the keys every query may see."""
+        x = self.ln_1(x + self.drop(self.attn(x, padding=padding, need_weights=False)[0]))
         return self.ln_2(x + self.drop(self.fc_out(F.gelu(self.fc_in(x)))))  # exact (erf) GELU
 
 
@@ -152,10 +137,8 @@ class BertForPreTraining(nn.Module):
         pos = torch.arange(T, device=input_ids.device)
         x = self.tok_emb(input_ids) + self.pos_emb(pos) + self.seg_emb(token_type_ids)
         x = self.emb_drop(self.emb_ln(x))
-        # (B, 1, 1, T): every query may attend to every non-padding key
-        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        for block in self.blocks:
-            x = block(x, mask)
+        for block in self.blocks:  # every query may attend to every non-padding key
+            x = block(x, attention_mask)
         nsp_logits = self.nsp(torch.tanh(self.pooler(x[:, 0]))) if self.config.nsp_head else None
         loss = None
         if labels is not None:
@@ -204,12 +187,10 @@ def to_hf_bert(model: BertForPreTraining):
     }
     for i in range(c.n_layer):
         ours, theirs = f"blocks.{i}.", f"bert.encoder.layer.{i}."
-        for kind in ("weight", "bias"):  # our fused qkv is HF's separate query, key, value
-            q, k, v = s[ours + f"attn.qkv.{kind}"].chunk(3, dim=0)
-            out[theirs + f"attention.self.query.{kind}"] = q
-            out[theirs + f"attention.self.key.{kind}"] = k
-            out[theirs + f"attention.self.value.{kind}"] = v
-            for a, b in [("attn.proj", "attention.output.dense"), ("ln_1", "attention.output.LayerNorm"),
+        for kind in ("weight", "bias"):
+            for a, b in [("attn.q_proj", "attention.self.query"), ("attn.k_proj", "attention.self.key"),
+                         ("attn.v_proj", "attention.self.value"),
+                         ("attn.out_proj", "attention.output.dense"), ("ln_1", "attention.output.LayerNorm"),
                          ("fc_in", "intermediate.dense"), ("fc_out", "output.dense"),
                          ("ln_2", "output.LayerNorm")]:
                 out[theirs + f"{b}.{kind}"] = s[ours + f"{a}.{kind}"]
@@ -242,6 +223,6 @@ def local_attention_init(model: BertForPreTraining, scale: float = 0.1) -> BertF
     model.pos_emb.weight[:, 0::2] = scale * torch.sin(angles)
     model.pos_emb.weight[:, 1::2] = scale * torch.cos(angles)
     for block in model.blocks:
-        block.attn.qkv.weight[:H] = torch.eye(H)        # queries
-        block.attn.qkv.weight[H:2 * H] = torch.eye(H)   # keys
+        block.attn.q_proj.weight.copy_(torch.eye(H))
+        block.attn.k_proj.weight.copy_(torch.eye(H))
     return model

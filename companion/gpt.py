@@ -2,7 +2,8 @@
 
 Learned token and position embeddings, pre-LayerNorm blocks (attention + GELU MLP), a final
 LayerNorm and an output layer tied to the token embedding: the architecture of Hugging Face's
-``GPT2LMHeadModel``, with which ``to_hf_gpt2`` converts it weight for weight.
+``GPT2LMHeadModel``, with which ``to_hf_gpt2`` converts it weight for weight. The attention is
+``companion.attention.MultiHeadAttention`` with a KV cache.
 
 >>> import torch
 >>> from companion.gpt import GPT, GPTConfig
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from companion.attention import MultiHeadAttention, attention, combine_masks
 
 KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (k, v): (batch, head, time, head_dim)
 
@@ -53,31 +56,27 @@ class CausalLMOutput:
     cache: KVCache | None = None
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each position sees itself and the positions before it."""
+class CausalSelfAttention(MultiHeadAttention):
+    """`MultiHeadAttention` where each position sees itself and the positions before it, with a KV cache."""
 
     def __init__(self, config: GPTConfig) -> None:
-        super().__init__()
-        self.n_head = config.n_head
-        self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        super().__init__(config.n_embd, config.n_head, bias=config.bias, dropout=config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple]:
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, n_head, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        """Attend from x's positions to the cached ones and to themselves; return (output, (k, v)).
+
+        padding: (batch, past + time), 1 for real tokens and 0 for padding, or None.
+        """
+        q, k, v = (self.split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if past is not None:  # the cache holds k and v of every earlier position
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
-            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        mask = combine_masks(q.shape[2], k.shape[2], padding=padding, causal=True, device=x.device)
+        out, _ = attention(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0,
+                           need_weights=False)
+        return self.resid_dropout(self.out_proj(self.merge_heads(out))), (k, v)
 
 
 class MLP(nn.Module):
@@ -103,9 +102,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None,
                 past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple]:
-        a, kv = self.attn(self.ln_1(x), mask, past)
+        a, kv = self.attn(self.ln_1(x), padding, past)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, kv
@@ -128,7 +127,7 @@ class GPT(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix, two uses
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
-            if name.endswith("c_proj.weight"):
+            if name.endswith(("attn.out_proj.weight", "mlp.c_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
@@ -157,10 +156,12 @@ class GPT(nn.Module):
                              f"{self.config.block_size}: crop it, e.g. input_ids[:, -block_size:]")
         pos = torch.arange(past_len, past_len + T, device=input_ids.device)
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))
-        mask = self._attention_mask(attention_mask, B, T, past_len, input_ids.device)
+        if attention_mask is not None and attention_mask.shape != (B, past_len + T):
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
+                             f"{(B, past_len + T)} (batch, past + new tokens)")
         new_cache = []
         for i, block in enumerate(self.transformer.h):
-            x, kv = block(x, mask, None if cache is None else cache[i])
+            x, kv = block(x, attention_mask, None if cache is None else cache[i])
             new_cache.append(kv)
         logits = self.lm_head(self.transformer.ln_f(x))
         loss = None
@@ -168,23 +169,6 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
                                    labels[:, 1:].reshape(-1), ignore_index=-100)
         return CausalLMOutput(loss, logits, tuple(new_cache) if use_cache else None)
-
-    @staticmethod
-    def _attention_mask(attention_mask: torch.Tensor | None, B: int, T: int, past_len: int,
-                        device: torch.device) -> torch.Tensor | None:
-        """Boolean (B, 1, T, past+T) mask, True = may attend; None when plain causal attention will do."""
-        if attention_mask is None and (past_len == 0 or T == 1):
-            return None  # is_causal=True (or a single query that may see everything)
-        S = past_len + T
-        causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=past_len)
-        if attention_mask is None:
-            return causal
-        if attention_mask.shape != (B, S):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected "
-                             f"{(B, S)} (batch, past + new tokens)")
-        mask = causal & attention_mask.bool()[:, None, None, :]
-        # A padding query that sees no key would give NaN: let every query see itself.
-        return mask | torch.eye(T, S, dtype=torch.bool, device=device).roll(past_len, dims=1)
 
 
 def to_hf_gpt2(model: GPT):
@@ -201,10 +185,15 @@ def to_hf_gpt2(model: GPT):
         bos_token_id=c.vocab_size - 1, eos_token_id=c.vocab_size - 1)  # ids inside the vocabulary
     hf = GPT2LMHeadModel(hf_config)
     hf.loss_type = "ForCausalLM"  # its class name matches no loss name: avoid a warning on first loss
+    ours = model.state_dict()
     state = {}
-    for name, tensor in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied to transformer.wte.weight
+    for name, tensor in ours.items():
+        if name == "lm_head.weight" or ".attn.k_proj." in name or ".attn.v_proj." in name:
+            continue  # lm_head is tied to transformer.wte; k and v go into c_attn with q
+        if ".attn.q_proj." in name:  # GPT-2 stacks q, k, v in one c_attn layer
+            name = name.replace("q_proj", "c_attn")
+            tensor = torch.cat([ours[name.replace("c_attn", p)] for p in ("q_proj", "k_proj", "v_proj")])
+        name = name.replace(".attn.out_proj.", ".attn.c_proj.")
         if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
             tensor = tensor.t()  # GPT-2's Conv1D stores (in, out); nn.Linear stores (out, in)
         state[name] = tensor.detach().clone()

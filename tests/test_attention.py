@@ -10,7 +10,9 @@ from torch import nn
 from companion.attention import (
     MultiHeadAttention,
     apply_rope,
+    attention,
     causal_mask,
+    combine_masks,
     copy_from_torch,
     padding_mask,
     rope_angles,
@@ -115,6 +117,88 @@ def test_bad_shapes_raise_clear_errors():
         scaled_dot_product_attention(q, q, q, mask=torch.ones(5, 5, dtype=torch.long))
 
 
+# --- the fast path: need_weights=False -------------------------------------------------------
+
+def _fast_path_masks():
+    """Every kind of mask the models use, with the (L_q, L_k) of the queries and keys."""
+    pad = padding_mask([7, 5, 2], 7)[:, None, None, :]                    # (3, 1, 1, 7)
+    no_key = pad & causal_mask(7)
+    no_key[1, :, 2] = False                                                 # a fully masked row
+    blocked = torch.zeros(7, 7, dtype=torch.float64).masked_fill(~causal_mask(7), float("-inf"))
+    blocked[4] = float("-inf")                                              # a fully masked float row
+    return {
+        "none": (None, 7, 7),
+        "padding": (pad, 7, 7),
+        "causal and padding": (pad & causal_mask(7), 7, 7),
+        "causal after 4 cached keys": (causal_mask(3, n_keys=7), 3, 7),
+        "fully masked rows": (no_key, 7, 7),
+        "float": (torch.randn(7, 7, dtype=torch.float64), 7, 7),
+        "float, fully masked row": (blocked, 7, 7),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_fast_path_masks()))
+def test_fast_path_equals_the_formula_with_gradients(kind):
+    mask, n_q, n_k = _fast_path_masks()[kind]
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(3, 2, n_q, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(3, 2, n_k, 8, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(2))
+    slow, weights = attention(q, k, v, mask)
+    fast, none = attention(q, k, v, mask, need_weights=False)
+    assert none is None and weights.shape == (3, 2, n_q, n_k)
+    assert torch.allclose(fast, slow, atol=1e-12) and torch.isfinite(fast).all()
+    grads = torch.autograd.grad(slow.square().sum(), (q, k, v))
+    for a, b in zip(grads, torch.autograd.grad(fast.square().sum(), (q, k, v))):
+        assert torch.allclose(a, b, atol=1e-10) and torch.isfinite(b).all()
+    if kind.startswith("fully") or kind.endswith("row"):  # no key: output 0, as in the formula
+        assert (slow == 0).all(dim=-1).any() and torch.equal(fast == 0, slow == 0)
+
+
+def test_fast_path_float32_mask_with_float64_inputs_and_dropout():
+    q, k, v = _qkv(2, 3, 5, 4, seed=8)
+    bias = torch.randn(5, 5)  # float32 mask, float64 queries: the formula promotes, so must we
+    assert torch.allclose(attention(q, k, v, bias, need_weights=False)[0],
+                          scaled_dot_product_attention(q, k, v, bias)[0], atol=1e-6)
+    # On the CPU the fused kernel drops the weights with the same random draws as F.dropout
+    torch.manual_seed(0)
+    slow, weights = attention(q, k, v, causal_mask(5), dropout_p=0.3)
+    torch.manual_seed(0)
+    fast, _ = attention(q, k, v, causal_mask(5), dropout_p=0.3, need_weights=False)
+    assert torch.allclose(fast, slow, atol=1e-12)
+    kept = weights[causal_mask(5).expand_as(weights)]
+    assert (kept == 0).any() and not torch.allclose(slow, attention(q, k, v, causal_mask(5))[0])
+
+
+def test_fast_path_raises_the_formulas_errors():
+    q = torch.randn(2, 5, 8)
+    for need_weights in (True, False):
+        with pytest.raises(ValueError, match="same feature size d_k"):
+            attention(q, torch.randn(2, 5, 6), torch.randn(2, 5, 8), need_weights=need_weights)
+        with pytest.raises(ValueError, match="same number of tokens"):
+            attention(q, q, torch.randn(2, 4, 8), need_weights=need_weights)
+        with pytest.raises(ValueError, match="does not broadcast"):
+            attention(q, q, q, causal_mask(4), need_weights=need_weights)
+        with pytest.raises(TypeError, match="bool"):
+            attention(q, q, q, torch.ones(5, 5, dtype=torch.long), need_weights=need_weights)
+
+
+def test_combine_masks():
+    pad = padding_mask([4, 2], 4)
+    assert combine_masks(4, 4) is None
+    assert torch.equal(combine_masks(2, 4, causal=True), causal_mask(2, n_keys=4))
+    assert combine_masks(1, 4, causal=True) is None  # one query, the last position, sees all keys
+    both = combine_masks(2, 4, padding=pad.long(), causal=True)  # a Hugging Face 0/1 mask works
+    assert both.shape == (2, 1, 2, 4) and torch.equal(both, pad[:, None, None, :] & causal_mask(2, n_keys=4))
+    bias = torch.randn(2, 4)
+    added = combine_masks(2, 4, padding=pad, mask=bias)
+    assert torch.equal(added[1, 0, :, :2], bias[:, :2]) and torch.isinf(added[1, 0, :, 2:]).all()
+    with pytest.raises(ValueError, match="padding"):
+        combine_masks(2, 5, padding=pad)
+    with pytest.raises(ValueError, match="fewer than"):
+        combine_masks(5, 4, causal=True)
+
+
 # --- masks ------------------------------------------------------------------------------------
 
 def test_causal_mask_values():
@@ -181,6 +265,28 @@ def test_mha_masks_match_torch():
     float_pad = torch.zeros(3, 6).masked_fill(~pad, float("-inf"))  # same mask type as attn_mask
     ref2, _ = theirs(x, x, x, key_padding_mask=float_pad, attn_mask=bias, need_weights=False)
     assert torch.allclose(out2, ref2, atol=1e-6)
+
+
+def test_mha_fast_path_dropout_and_causal_after_a_cache():
+    mine, _ = _pair(seed=3)
+    x = torch.randn(3, 6, 16)
+    pad = padding_mask([6, 4, 2], 6)
+    out, weights = mine(x, padding=pad, causal=True)
+    fast, none = mine(x, padding=pad, causal=True, need_weights=False)
+    assert none is None and torch.allclose(fast, out, atol=1e-6)
+    # causal queries are the last L_q of the L_k positions: the last 2 rows of full attention
+    q_proj_of_last = mine(x[:, 4:], x, x, causal=True)[0]
+    assert torch.allclose(q_proj_of_last, mine(x, causal=True)[0][:, 4:], atol=1e-6)
+    # dropout on the attention weights: random in training mode, off in eval mode
+    drop = MultiHeadAttention(16, 4, dropout=0.5)
+    drop.load_state_dict(mine.state_dict())
+    drop.train()
+    for need_weights in (True, False):
+        a, b = drop(x, need_weights=need_weights)[0], drop(x, need_weights=need_weights)[0]
+        assert not torch.allclose(a, b)
+    assert torch.allclose(drop.eval()(x, need_weights=False)[0], mine(x)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="dropout"):
+        MultiHeadAttention(16, 4, dropout=1.0)
 
 
 def test_mha_bad_input():
@@ -268,6 +374,8 @@ def test_masks_and_rope_are_built_on_the_inputs_device():
     extra = torch.zeros(5, 5, device="meta")  # a float mask: the boolean part is turned into -inf
     out, weights = mha(x, padding=padding, causal=True, mask=extra)
     assert out.device.type == weights.device.type == "meta"
+    out, _ = mha(x[:, 3:], x, x, padding=padding, causal=True, need_weights=False)  # fast path
+    assert out.device.type == "meta" and out.shape == (2, 2, 8)
     angles = rope_angles(torch.arange(4, device="meta"), 8)
     assert angles.device.type == "meta" and angles.shape == (4, 4) and angles.dtype == torch.float32
     assert causal_mask(2, n_keys=3, device="meta").device.type == "meta"

@@ -7,7 +7,9 @@ from helpers import perturbed
 from transformers import BertForMaskedLM
 from transformers import BertForPreTraining as HFBertForPreTraining
 
-from companion.bert import BertConfig, BertForPreTraining, to_hf_bert
+import companion.attention
+from companion.attention import MultiHeadAttention, attention
+from companion.bert import BertConfig, BertForPreTraining, local_attention_init, to_hf_bert
 
 VOCAB = 120
 
@@ -130,3 +132,32 @@ def test_gradients_of_the_sparse_loss_equal_those_of_the_full_loss():
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_attention_is_companion_attention_and_the_fast_path_equals_the_formula(monkeypatch):
+    model = make_model(nsp_head=True)
+    assert all(type(block.attn) is MultiHeadAttention for block in model.blocks)
+    ids, mask, segments, _ = make_batch()
+    fast = model(ids, attention_mask=mask, token_type_ids=segments)
+    monkeypatch.setattr(companion.attention, "attention",
+                        lambda *a, **kw: attention(*a, **{**kw, "need_weights": True}))
+    slow = model(ids, attention_mask=mask, token_type_ids=segments)
+    assert torch.allclose(slow.logits, fast.logits, atol=1e-5)
+    assert torch.allclose(slow.nsp_logits, fast.nsp_logits, atol=1e-5)
+
+
+def test_local_attention_init_sets_queries_and_keys_to_the_identity_and_dropout_trains():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, max_position=32, n_layer=1, n_head=2, n_embd=16,
+                        intermediate=32, dropout=0.5, nsp_head=False)
+    model = local_attention_init(BertForPreTraining(config))
+    attn = model.blocks[0].attn
+    assert torch.equal(attn.q_proj.weight, torch.eye(16)) and torch.equal(attn.k_proj.weight, torch.eye(16))
+    assert not torch.equal(attn.v_proj.weight, torch.eye(16))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # only the attention weights are dropped now
+    ids = torch.randint(1, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(model(ids).hidden_states, model(ids).hidden_states)
+    model.eval()
+    assert torch.equal(model(ids).hidden_states, model(ids).hidden_states)

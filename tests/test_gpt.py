@@ -6,6 +6,8 @@ import torch
 from helpers import perturbed
 from transformers import GPT2LMHeadModel
 
+import companion.gpt
+from companion.attention import MultiHeadAttention, attention
 from companion.gpt import GPT, GPTConfig, to_hf_gpt2
 
 CONFIG = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=4, n_embd=32)
@@ -135,3 +137,42 @@ def test_a_few_steps_of_training_fit_a_repeated_sequence():
         loss.backward()
         opt.step()
     assert first > 2.5 and loss.item() < 0.5
+
+
+def _from_scratch(*args, **kwargs):
+    """companion.attention.attention, forced onto the from-scratch formula (weights materialised)."""
+    return attention(*args, **{**kwargs, "need_weights": True})
+
+
+def test_attention_is_companion_attention_and_the_fast_path_equals_the_formula(monkeypatch):
+    model = make_model()
+    assert all(isinstance(block.attn, MultiHeadAttention) for block in model.transformer.h)
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(7))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding: the first queries of row 1 see no key at all
+    fast = model(ids, attention_mask=mask).logits
+    first = model(ids[:, :7], attention_mask=mask[:, :7], use_cache=True)
+    fast_cached = model(ids[:, 7:], attention_mask=mask, cache=first.cache).logits
+    monkeypatch.setattr(companion.gpt, "attention", _from_scratch)
+    assert torch.allclose(model(ids, attention_mask=mask).logits, fast, atol=1e-5)
+    slow_first = model(ids[:, :7], attention_mask=mask[:, :7], use_cache=True)
+    slow_cached = model(ids[:, 7:], attention_mask=mask, cache=slow_first.cache).logits
+    assert torch.allclose(slow_cached, fast_cached, atol=1e-5)
+    # the block's attention is MultiHeadAttention.forward with causal=True, weights and all
+    attn, x = model.transformer.h[0].attn, torch.randn(2, 9, CONFIG.n_embd)
+    out, (k, v) = attn(x, None, None)  # no padding, no cache: plain causal attention
+    reference, weights = MultiHeadAttention.forward(attn, x, causal=True)
+    assert torch.allclose(out, reference, atol=1e-6) and weights.shape == (2, CONFIG.n_head, 9, 9)
+    assert torch.allclose(k, attn.split_heads(attn.k_proj(x)))
+
+
+def test_attention_dropout_works_in_training_mode():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.5))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0  # only the attention weights are dropped now
+    ids = torch.arange(16)[None] % 20
+    assert not torch.allclose(model(ids).logits, model(ids).logits)  # training mode: random
+    model.eval()
+    assert torch.equal(model(ids).logits, model(ids).logits)

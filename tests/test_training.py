@@ -93,7 +93,7 @@ def test_no_decay_groups_of_the_books_gpt():
     model = GPT(GPTConfig(vocab_size=64, block_size=8, n_layer=2, n_head=2, n_embd=16))
     decay, no_decay = split_decay(model)
     linears = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
-    assert set(decay) == linears and len(decay) == 8  # 4 Linear layers per block
+    assert set(decay) == linears and len(decay) == 12  # 6 Linear layers per block (q, k, v, out, 2 MLP)
     assert {"transformer.wte.weight", "transformer.wpe.weight"} <= set(no_decay)
     assert sum(p.numel() for g in param_groups(model, 0.1) for p in g["params"]) == model.num_parameters()
 
