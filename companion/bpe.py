@@ -5,8 +5,8 @@ frequent adjacent pair of symbols into a new symbol, until the vocabulary has th
 for. This module is character-level with SentencePiece-style word marks: text is split on
 whitespace and every word gets a leading ``▁``, so ``"the cat"`` is trained and encoded as the
 words ``▁the`` and ``▁cat``, and decoding turns each ``▁`` back into a space. A character never
-seen in training encodes to ``<unk>`` (byte-level BPE, which starts from the 256 bytes instead,
-never needs one).
+seen in training encodes to ``<unk>`` (byte-level BPE, :mod:`companion.byte_bpe` on the same
+merge machinery, starts from the 256 bytes instead and never needs one).
 
 It reproduces the Hugging Face ``tokenizers`` library exactly: a ``BpeTrainer`` with the
 pre-tokenisation of :func:`to_hf_tokenizer` learns the same merges in the same order (both
@@ -86,16 +86,18 @@ def merge_word(word: list[int], pair: Pair, new_id: int) -> tuple[list[int], lis
 
 
 def train_bpe(word_counts: Mapping[str, int], vocab_size: int, *,
-              special_tokens: tuple[str, ...] = (UNK,)) -> tuple[list[str], list[tuple[str, str]]]:
+              special_tokens: tuple[str, ...] = (UNK,),
+              alphabet: Iterable[str] = ()) -> tuple[list[str], list[tuple[str, str]]]:
     """Learn BPE merges from pre-tokenised word frequencies until the vocabulary has `vocab_size` tokens.
 
-    The vocabulary starts as the special tokens, then every character of the words sorted by
-    code point. Each step merges the most frequent adjacent pair (ties: the smallest pair of
-    ids). Pair counts are updated incrementally, only in the words that contain the merged
-    pair, and a heap with lazy deletion finds the most frequent pair. Returns (vocab, merges).
+    The vocabulary starts as the special tokens, then every character of the words and of
+    `alphabet` (kept even if unseen: the 256 bytes of byte-level BPE) sorted by code point.
+    Each step merges the most frequent adjacent pair (ties: the smallest pair of ids). Pair
+    counts are updated incrementally, only in the words that contain the merged pair, and a
+    heap with lazy deletion finds the most frequent pair. Returns (vocab, merges).
     """
     vocab = list(special_tokens)
-    for char in sorted({c for w in word_counts for c in w}):
+    for char in sorted({c for w in word_counts for c in w} | set(alphabet)):
         if char not in vocab:
             vocab.append(char)
     token_to_id = {t: i for i, t in enumerate(vocab)}
@@ -175,8 +177,9 @@ class BPETokenizer:
         """Apply the merges to one pre-tokenised word, lowest rank first, as they were learned."""
         if word in self._cache:
             return self._cache[word]
-        unk = self.token_to_id[self.unk_token]
+        unk = self.token_to_id.get(self.unk_token)
         ids = [self.token_to_id.get(c, unk) for c in word]
+        ids = [i for i in ids if i is not None]  # no id and no <unk>: dropped, as in `tokenizers`
         while len(ids) >= 2:
             pairs = [p for p in zip(ids, ids[1:]) if p in self.ranks]
             if not pairs:
@@ -210,7 +213,7 @@ class BPETokenizer:
 
 def to_hf_tokenizer(bpe: BPETokenizer):
     """The same tokenizer as a Hugging Face `tokenizers.Tokenizer` (BPE model, same pre-tokenisation)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models
 
     hf = Tokenizer(models.BPE(vocab=dict(bpe.token_to_id), merges=list(bpe.merges), unk_token=bpe.unk_token))
     hf.pre_tokenizer = hf_pre_tokenizer()

@@ -100,20 +100,15 @@ RECIPES = {
 
 # ----------------------------------------------------------------------------- tokenizers
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for every byte (what byte-level BPE's vocabulary uses)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
-
-
 def byte_tokenizer():
     """A `transformers` tokenizer equal to `ByteTokenizer(specials=("<|endoftext|>",))`: id = byte value."""
     from tokenizers import AddedToken, Tokenizer, decoders, models
     from tokenizers.pre_tokenizers import ByteLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {char: byte for byte, char in _bytes_to_unicode().items()}
+    from companion.byte_bpe import unicode_to_bytes
+
+    vocab = dict(unicode_to_bytes())
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: one token per byte
     tokenizer.pre_tokenizer = ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()

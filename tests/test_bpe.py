@@ -72,6 +72,13 @@ def test_training_by_hand():
     assert vocab[5:] == ["ab", "▁ab"]
 
 
+def test_alphabet_symbols_get_ids_even_if_unseen():
+    # byte-level BPE passes all 256 byte characters: they are sorted in with the seen ones
+    vocab, merges = train_bpe({"ab": 2}, vocab_size=6, alphabet="zc")
+    assert vocab == [UNK, "a", "b", "c", "z", "ab"] and merges == [("a", "b")]
+    assert BPETokenizer(vocab, merges).encode_word("zab") == [4, 5]
+
+
 @pytest.mark.parametrize("text", [
     "low low low lower lower newest newest widest",     # ties at the first merge
     "hug hug hug pug pug pun bun hugs hugs",
