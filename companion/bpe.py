@@ -28,7 +28,7 @@ from __future__ import annotations
 import heapq
 import operator
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 SPACE = "▁"  # U+2581, marks the start of a word, as in SentencePiece
@@ -42,13 +42,14 @@ def pre_tokenize(text: str) -> list[str]:
     return [SPACE + word for word in text.split()]
 
 
-def count_words(texts: str | Iterable[str]) -> Counter:
-    """Frequency of every pre-tokenised word in a text or an iterable of texts."""
+def count_words(texts: str | Iterable[str], split: Callable[[str], list[str]] | None = None) -> Counter:
+    """Frequency of every pre-tokenised word (`split`, default `pre_tokenize`) in a text or texts."""
+    split = pre_tokenize if split is None else split
     if isinstance(texts, str):
         texts = [texts]
     counts: Counter = Counter()
     for text in texts:
-        counts.update(pre_tokenize(text))
+        counts.update(split(text))
     return counts
 
 

@@ -32,7 +32,7 @@ from functools import cache
 
 import regex
 
-from companion.bpe import BPETokenizer, train_bpe
+from companion.bpe import BPETokenizer, count_words, train_bpe
 
 # GPT-2's pre-tokeniser (also that of the `tokenizers` ByteLevel pre-tokeniser)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -67,11 +67,7 @@ def to_symbols(piece: str) -> str:
 
 def count_pieces(texts: str | Iterable[str]) -> Counter:
     """Frequency of every pre-tokenised piece, written as byte characters."""
-    if isinstance(texts, str):
-        texts = [texts]
-    counts: Counter = Counter()
-    for text in texts:
-        counts.update(pre_tokenize(text))
+    counts = count_words(texts, split=pre_tokenize)
     return Counter({to_symbols(piece): n for piece, n in counts.items()})
 
 

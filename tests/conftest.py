@@ -15,6 +15,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def movie_reviews():
+    """The movie-review corpus (train, validation, test), loaded once per test module."""
+    from companion.corpora import load_movie_reviews
+
+    return load_movie_reviews()
+
+
 @pytest.fixture(autouse=True)
 def no_deprecated_calls_from_companion():
     """Fail a test when code in `companion` calls an API its library has deprecated.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import doctest
-import json
 
 import pytest
 from tokenizers import Tokenizer, models, trainers
+
+from helpers import hf_merges
 
 import companion.bpe
 from companion.bpe import UNK, BPETokenizer, hf_pre_tokenizer, merge_word, pre_tokenize, to_hf_tokenizer, train_bpe
@@ -19,17 +20,6 @@ def hf_train(texts, vocab_size: int) -> Tokenizer:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[UNK], show_progress=False)
     hf.train_from_iterator(texts, trainer)
     return hf
-
-
-def hf_merges(hf: Tokenizer) -> list[tuple[str, str]]:
-    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(hf.to_str())["model"]["merges"]]
-
-
-@pytest.fixture(scope="module")
-def movie_reviews():
-    from companion.corpora import load_movie_reviews
-
-    return load_movie_reviews()
 
 
 @pytest.fixture(scope="module")

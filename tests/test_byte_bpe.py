@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import doctest
-import json
 
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
+
+from helpers import hf_merges
 
 import companion.byte_bpe
 from companion.byte_bpe import (
@@ -29,17 +30,6 @@ def hf_train(texts, vocab_size: int) -> Tokenizer:
     hf.pre_tokenizer = hf_byte_level()
     hf.train_from_iterator(texts, hf_trainer(vocab_size))
     return hf
-
-
-def hf_merges(hf: Tokenizer) -> list[tuple[str, str]]:
-    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in json.loads(hf.to_str())["model"]["merges"]]
-
-
-@pytest.fixture(scope="module")
-def movie_reviews():
-    from companion.corpora import load_movie_reviews
-
-    return load_movie_reviews()
 
 
 @pytest.fixture(scope="module")
