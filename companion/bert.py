@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from companion.attention import MultiHeadAttention
+from companion.attention import MultiHeadAttention, sinusoidal_positions
 
 LN_EPS = 1e-12  # BERT's LayerNorm epsilon
 
@@ -208,21 +208,25 @@ def to_hf_bert(model: BertForPreTraining):
 
 
 @torch.no_grad()
-def local_attention_init(model: BertForPreTraining, scale: float = 0.1) -> BertForPreTraining:
+def local_attention_init(model: BertForPreTraining, scale: float = 0.1, *, sinusoids: bool = True,
+                         identity: bool = True) -> BertForPreTraining:
     """Start attention local: sinusoidal position embeddings and W_q = W_k = identity (in place).
 
     With BERT's standard init (every weight N(0, 0.02)) attention starts uniform, every position
-    sees the same average of the block, and a small MLM model sits at the unigram plateau for
-    thousands of steps. Here the scores q.k start dominated by the positions' sinusoids, whose dot
-    product is largest for nearby positions, so each token first attends to its neighbours and
-    the loss leaves the plateau early. Only initial values change: the architecture (and its
-    conversion to Hugging Face's BertForMaskedLM) is the same.
+    sees the same average of the block, and a small MLM model sits at the unigram plateau (the
+    pre-training chapter measures it). Here the scores q.k start dominated by the positions'
+    sinusoids, whose dot product is largest for nearby positions, so each token first attends to
+    its neighbours and the loss leaves the plateau early. `sinusoids=False` or `identity=False`
+    leaves that half at BERT's init (an ablation). Only initial values change: the architecture
+    (and its conversion to Hugging Face's BertForMaskedLM) is the same.
     """
+    if not (sinusoids or identity):
+        raise ValueError("sinusoids=False and identity=False change nothing: keep at least one")
     T, H = model.pos_emb.weight.shape
-    angles = torch.arange(T)[:, None] / 10000 ** (torch.arange(0, H, 2) / H)
-    model.pos_emb.weight[:, 0::2] = scale * torch.sin(angles)
-    model.pos_emb.weight[:, 1::2] = scale * torch.cos(angles)
-    for block in model.blocks:
-        block.attn.q_proj.weight.copy_(torch.eye(H))
-        block.attn.k_proj.weight.copy_(torch.eye(H))
+    if sinusoids:
+        model.pos_emb.weight.copy_(scale * sinusoidal_positions(T, H))
+    if identity:
+        for block in model.blocks:
+            block.attn.q_proj.weight.copy_(torch.eye(H))
+            block.attn.k_proj.weight.copy_(torch.eye(H))
     return model

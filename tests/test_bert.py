@@ -1,5 +1,7 @@
 """Our BERT equals Hugging Face's BertForMaskedLM / BertForPreTraining weight for weight."""
 
+import copy
+
 import companion  # noqa: F401  (first: offline Hugging Face cache)
 import pytest
 import torch
@@ -8,7 +10,7 @@ from transformers import BertForMaskedLM
 from transformers import BertForPreTraining as HFBertForPreTraining
 
 import companion.attention
-from companion.attention import MultiHeadAttention, attention
+from companion.attention import MultiHeadAttention, attention, sinusoidal_positions
 from companion.bert import BertConfig, BertForPreTraining, local_attention_init, to_hf_bert
 
 VOCAB = 120
@@ -161,3 +163,20 @@ def test_local_attention_init_sets_queries_and_keys_to_the_identity_and_dropout_
     assert not torch.allclose(model(ids).hidden_states, model(ids).hidden_states)
     model.eval()
     assert torch.equal(model(ids).hidden_states, model(ids).hidden_states)
+
+
+def test_local_attention_init_halves_for_the_ablation():
+    config = BertConfig(vocab_size=VOCAB, max_position=32, n_layer=1, n_head=2, n_embd=16, intermediate=32,
+                        nsp_head=False)
+    torch.manual_seed(0)
+    base = BertForPreTraining(config)
+    positions_only = local_attention_init(copy.deepcopy(base), identity=False)
+    identity_only = local_attention_init(copy.deepcopy(base), sinusoids=False)
+    both = local_attention_init(copy.deepcopy(base))
+    assert torch.equal(positions_only.pos_emb.weight, both.pos_emb.weight)
+    assert torch.equal(positions_only.pos_emb.weight, 0.1 * sinusoidal_positions(32, 16))
+    assert torch.equal(positions_only.blocks[0].attn.q_proj.weight, base.blocks[0].attn.q_proj.weight)
+    assert torch.equal(identity_only.pos_emb.weight, base.pos_emb.weight)
+    assert torch.equal(identity_only.blocks[0].attn.k_proj.weight, torch.eye(16))
+    with pytest.raises(ValueError, match="change nothing"):
+        local_attention_init(base, sinusoids=False, identity=False)
