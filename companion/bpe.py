@@ -222,6 +222,14 @@ def to_hf_tokenizer(bpe: BPETokenizer):
     return hf
 
 
+def hf_merges(tokenizer) -> list[tuple[str, str]]:
+    """The merges of a `tokenizers.Tokenizer` with a BPE model, as pairs (either JSON format)."""
+    import json
+
+    merges = json.loads(tokenizer.to_str())["model"]["merges"]
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
+
+
 def hf_pre_tokenizer():
     """`tokenizers` pre-tokeniser equal to :func:`pre_tokenize`: split on whitespace, then prefix ``▁``."""
     from tokenizers import pre_tokenizers

@@ -32,7 +32,7 @@ from functools import cache
 
 import regex
 
-from companion.bpe import BPETokenizer, count_words, train_bpe
+from companion.bpe import BPETokenizer, count_words, hf_merges, train_bpe
 
 # GPT-2's pre-tokeniser (also that of the `tokenizers` ByteLevel pre-tokeniser)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -92,8 +92,7 @@ class ByteBPETokenizer(BPETokenizer):
         vocab = sorted(model["vocab"], key=model["vocab"].get)
         if [model["vocab"][t] for t in vocab] != list(range(len(vocab))):
             raise ValueError("the tokenizer's ids are not 0, 1, ..., n-1: not a plain BPE vocabulary")
-        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-        return cls(vocab, merges)
+        return cls(vocab, hf_merges(tokenizer))
 
     def encode(self, text: str) -> list[int]:
         """Text -> token ids: pre-tokenise, write each piece as bytes, apply the merges."""

@@ -5,9 +5,11 @@ command that reruns them.
     python -m companion.recipes book-bert           # the character-level BERT of the BERT chapter, run longer
     python -m companion.recipes book-bert --steps 50 --out /tmp/bert   # a quick check elsewhere
     python -m companion.recipes book-gpt --replace-shipped   # maintainers: refresh the shipped copy
+    python -m companion.recipes bert-standard-init  # book-bert from standard init: the curve only
     python -m companion.recipes polarity-search     # fine-tuning hyperparameters, chosen on validation
     python -m companion.recipes polarity-full       # MiniLM fully fine-tuned on polarity, 3 seeds
     python -m companion.recipes polarity-lora --max-steps 5 --subset 64 --seeds 0   # a quick check
+    python -m companion.recipes neural-lm-zh        # the language-model chapter's MLP, 4 epochs, 3 seeds
 
 Each run trains with `companion.training.train` on the movie-review corpus and writes a plain
 Hugging Face folder (`config.json`, `model.safetensors`, the tokenizer, `recipe.json` with the
@@ -59,6 +61,8 @@ from companion.resources import CHECKPOINTS, sha256
 from companion.tagging import RECIPE_KEYS as TAGGING_RECIPES
 
 REVIEWS = "reviews-zh"  # companion.reviews: the Chinese reviews' character model
+NEURAL_LM = "neural-lm-zh"  # companion.neural_lm: the language-model chapter's MLP, trained for epochs
+BERT_STANDARD = "bert-standard-init"  # book-bert from BERT's standard init: its validation curve only
 PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
@@ -242,8 +246,9 @@ def install(folder: Path, key: str) -> Path:
     return dest
 
 
-def run(recipe: Recipe, out: Path, *, steps: int | None = None) -> dict:
-    """Train `recipe` (optionally for another number of steps) and write its folder to `out`."""
+def run(recipe: Recipe, out: Path, *, steps: int | None = None, save_model: bool = True) -> dict:
+    """Train `recipe` (optionally for another number of steps) and write its folder to `out`
+    (`save_model=False`: only `recipe.json`, the figures and the validation curve)."""
     from companion.bert import to_hf_bert
     from companion.gpt import to_hf_gpt2
     from companion.training import train
@@ -278,10 +283,10 @@ def run(recipe: Recipe, out: Path, *, steps: int | None = None) -> dict:
         "history": result.history.dropna(subset=["eval_loss"])[["step", "train_loss", "eval_loss"]]
         .round(4).to_dict(orient="list"),
     }
-    hf = to_hf_gpt2(model) if recipe.objective == "clm" else to_hf_bert(model)
     out.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if save_model:
+        (to_hf_gpt2(model) if recipe.objective == "clm" else to_hf_bert(model)).save_pretrained(out)
+        tokenizer.save_pretrained(out)
     (out / "recipe.json").write_text(json.dumps(figures, indent=1) + "\n")
     return figures
 
@@ -555,6 +560,16 @@ def _reviews_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                                                          seeds=seeds), headline)
 
 
+def _neural_lm_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for neural-lm-zh (companion.neural_lm): runs/neural-lm-zh (or --out), one thread."""
+    from companion.neural_lm import headline, run_recipe
+
+    _check_recipe_args(parser, args, "runs whole epochs")
+    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
+    return _run_one_thread(args, lambda out: run_recipe(out, max_steps=args.max_steps, subset=args.subset,
+                                                        seeds=seeds), headline)
+
+
 def _run_one_thread(args: argparse.Namespace, run_recipe, headline) -> int:
     """Run a recipe on one thread (as the shipped runs were) into runs/KEY or --out; print its headline;
     replace the shipped copy with --replace-shipped."""
@@ -597,13 +612,18 @@ def _tagging_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                                                        subset=args.subset, seeds=seeds), headline)
 
 
+def bert_standard_init() -> Recipe:
+    """book-bert with BERT's standard initialisation, evaluated every 100 steps (no local init)."""
+    return replace(RECIPES["book-bert"], key=BERT_STANDARD, local_init=False, eval_every=100)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: python -m companion.recipes KEY [--steps N] [--out DIR] [--replace-shipped]."""
     import companion
 
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
-                        + [REVIEWS, PEFT])
+                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")
@@ -626,21 +646,26 @@ def main(argv: list[str] | None = None) -> int:
         return _tagging_main(parser, args)
     if args.key == REVIEWS:
         return _reviews_main(parser, args)
+    if args.key == NEURAL_LM:
+        return _neural_lm_main(parser, args)
     if args.key == PEFT:
         return _peft_main(parser, args)
     if (args.max_steps, args.subset, args.seeds) != (None, None, None):
         parser.error("--max-steps, --subset and --seeds are for the polarity recipes: use --steps")
-    recipe = RECIPES[args.key]
+    recipe = bert_standard_init() if args.key == BERT_STANDARD else RECIPES[args.key]
     if args.replace_shipped and args.steps not in (None, recipe.steps):
         parser.error(f"--replace-shipped ships the recipe's full run ({recipe.steps} steps): drop --steps")
     companion.setup()
     print(f"writing {out.resolve()}")
-    figures = run(recipe, out, steps=args.steps)
+    figures = (run(recipe, out, steps=args.steps) if args.key in RECIPES  # keeps tests' run() stubs simple
+               else run(recipe, out, steps=args.steps, save_model=False))
     print(json.dumps({k: v for k, v in figures.items() if k != "history"}, indent=1))
     print(f"wrote {out.resolve()}; validation loss {figures['final_validation_loss']:.4f} "
           f"({math.exp(figures['final_validation_loss']):.2f} perplexity)")
     if args.replace_shipped:
-        print(f"replaced {install(out, recipe.key)}: now run python tools/register_checkpoints.py")
+        dest = install(out, recipe.key)
+        print(f"replaced {dest}" + (": now run python tools/register_checkpoints.py" if args.key in RECIPES
+                                    else ""))
     return 0
 
 

@@ -51,10 +51,3 @@ def deprecations_from_companion() -> Iterator[list[str]]:
         warnings.showwarning = hook
         yield caught
 
-
-def hf_merges(tokenizer) -> list[tuple[str, str]]:
-    """The merges of a `tokenizers.Tokenizer` with a BPE model, as pairs (both JSON formats)."""
-    import json
-
-    merges = json.loads(tokenizer.to_str())["model"]["merges"]
-    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]

@@ -7,10 +7,8 @@ import doctest
 import pytest
 from tokenizers import Tokenizer, models, trainers
 
-from helpers import hf_merges
-
 import companion.bpe
-from companion.bpe import UNK, BPETokenizer, hf_pre_tokenizer, merge_word, pre_tokenize, to_hf_tokenizer, train_bpe
+from companion.bpe import UNK, BPETokenizer, hf_merges, hf_pre_tokenizer, merge_word, pre_tokenize, to_hf_tokenizer, train_bpe
 
 
 def hf_train(texts, vocab_size: int) -> Tokenizer:

@@ -7,9 +7,8 @@ import doctest
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from helpers import hf_merges
-
 import companion.byte_bpe
+from companion.bpe import hf_merges
 from companion.byte_bpe import (
     ByteBPETokenizer,
     bytes_to_unicode,

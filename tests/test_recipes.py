@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from companion import finetune, recipes, resources
 from companion.data import ByteTokenizer, CharTokenizer
@@ -381,7 +380,8 @@ def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
     check = subprocess.run([sys.executable, "tools/recipe_table.py", "--check"], cwd=root,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    keys = [*recipes.RECIPES, *recipes.POLARITY_RECIPES, *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.PEFT]
+    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, *recipes.POLARITY_RECIPES, *recipes.TAGGING_RECIPES,
+            recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT]
     for key in keys:
         assert f"| `{key}` |" in (root / "README.md").read_text()
 
@@ -396,3 +396,25 @@ def test_reviews_zh_is_a_recipe_command_shipped_with_the_results(tmp_path, monke
     monkeypatch.setattr(recipes, "CHECKPOINTS", tmp_path / "checkpoints")
     assert recipes.install(run, "reviews-zh") == tmp_path / "results" / "reviews-zh"
     assert recipes.install(run, "book-gpt") == tmp_path / "checkpoints" / "book-gpt"
+
+
+# --- bert-standard-init: book-bert from BERT's own initialisation, its curve only ---------------
+
+def test_bert_standard_init_is_book_bert_without_local_init():
+    standard, book = recipes.bert_standard_init(), recipes.RECIPES["book-bert"]
+    assert standard.local_init is False and book.local_init is True
+    assert dataclasses.replace(standard, key=book.key, local_init=True, eval_every=book.eval_every) == book
+
+
+def test_the_shipped_bert_standard_init_run_records_its_recipe_and_a_full_curve():
+    saved = json.loads((recipes.RESULTS / recipes.BERT_STANDARD / "recipe.json").read_text())
+    assert saved["recipe"] == dataclasses.asdict(recipes.bert_standard_init())
+    assert saved["steps"] == saved["recipe"]["steps"] == saved["history"]["step"][-1]
+    assert saved["history"]["step"] == list(range(100, saved["steps"] + 1, 100))
+    assert sorted(p.name for p in (recipes.RESULTS / recipes.BERT_STANDARD).iterdir()) == ["recipe.json"]
+
+
+def test_a_run_without_the_model_writes_only_the_figures(tmp_path):
+    figures = recipes.run(recipes.bert_standard_init(), tmp_path, steps=4, save_model=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.json"]
+    assert json.loads((tmp_path / "recipe.json").read_text())["steps"] == figures["steps"] == 4

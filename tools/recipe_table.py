@@ -20,6 +20,7 @@ BEGIN, END = "<!-- recipe table: tools/recipe_table.py -->", "<!-- end of recipe
 WHAT = {
     "book-gpt": "byte-level GPT pre-trained on the movie reviews (4,000 steps)",
     "book-bert": "character BERT pre-trained with MLM on the movie reviews",
+    "bert-standard-init": "book-bert from BERT's standard init: the validation curve only (1 seed)",
     "polarity-search": "learning-rate / LP-FT grid for MiniLM, validation only (seed 0)",
     "polarity-plain": "MiniLM fully fine-tuned with common defaults (3 seeds)",
     "polarity-full": "MiniLM fully fine-tuned, chosen configuration (3 seeds)",
@@ -30,6 +31,7 @@ WHAT = {
     "peoples-daily-ner": "character BiLSTM, softmax vs CRF, People's Daily NER (3 seeds)",
     "peoples-daily-cws": "character BiLSTM, softmax vs CRF, People's Daily word segmentation (3 seeds)",
     "reviews-zh": "character BERT on Chinese reviews, to convergence (3 seeds)",
+    "neural-lm-zh": "the language-model chapter's character MLP, People's Daily, 4 epochs (3 seeds)",
     "peft-compare": "full, probe, BitFit, LoRA r1-r16, DoRA, rsLoRA, IA3, adapters, prompt tuning, "
                     "int8-base LoRA (3 seeds)",
 }
@@ -45,6 +47,13 @@ def _row(key: str) -> tuple[str, str, str] | None:
         unit = r["validation_loss_unit"]
         return f"{r['train_seconds'] / 60:.0f}", r["device"], \
             f"validation loss {r['final_validation_loss']:.4f} {unit}"
+    if key == recipes.BERT_STANDARD:
+        path = recipes.RESULTS / key / "recipe.json"
+        if not path.exists():
+            return None
+        r = json.loads(path.read_text())
+        return f"{r['train_seconds'] / 60:.0f}", r["device"], \
+            f"validation loss {r['final_validation_loss']:.4f} {r['validation_loss_unit']}"
     folder = recipes.RESULTS / key
     if not (folder / "results.json").exists():
         return None
@@ -64,6 +73,15 @@ def _row(key: str) -> tuple[str, str, str] | None:
         r = reviews.shipped_results(folder)
         seconds = r["wall_seconds"]  # the search's runs included
         return f"{seconds / 60:.0f}", r["device"], reviews.headline(r)
+    if key == "neural-lm-zh":
+        from companion import neural_lm
+
+        r = neural_lm.shipped_results(folder)
+        search = r["chosen_on_validation"]["comparison"] if r["chosen_on_validation"] else []
+        searched = {c["seed"] for c in search}  # the chosen candidate's run is that seed's run
+        seconds = sum(c["train_seconds"] for c in search) + sum(run["train_seconds"] for run in r["runs"]
+                                                                if run["seed"] not in searched)
+        return f"{seconds / 60:.0f}", r["device"], neural_lm.headline(r)
     if key in recipes.POLARITY_RECIPES:
         r = recipes.shipped_results(key)
         if "candidates" in r:
@@ -91,7 +109,8 @@ def _pm(summary: dict) -> str:
 
 def table() -> str:
     """The markdown table of every recipe (those not shipped yet say so)."""
-    keys = list(recipes.RECIPES) + list(recipes.POLARITY_RECIPES) + list(tagging.RECIPE_KEYS) + ["reviews-zh", "peft-compare"]
+    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, *recipes.POLARITY_RECIPES, *tagging.RECIPE_KEYS,
+            "reviews-zh", "neural-lm-zh", "peft-compare"]
     lines = ["| recipe | what | training minutes (sum over runs) | recorded on | headline |",
              "| --- | --- | ---: | --- | --- |"]
     for key in keys:

@@ -1,5 +1,5 @@
 """Write the checkpoint entries of companion/resources.py from companion/checkpoints/*/recipe.json and the files' sha256 (run after python -m companion.recipes KEY --replace-shipped)."""
-import json, re, sys
+import json, sys
 from pathlib import Path
 sys.path.insert(0, ".")
 from companion.resources import sha256
@@ -18,7 +18,7 @@ for key in ["book-gpt", "book-bert"]:
     files = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()}
     title, notes = TITLES[key]
     fig = {k: rec[k] for k in ("steps", "tokens", "train_seconds", "device", "final_validation_loss", "validation_loss_unit", "parameters", "date")}
-    lines = [f'        Resource(', f'            key="{key}",', f'            title="{title}",', '            kind="checkpoint",', '            pip="",',
+    lines = ['        Resource(', f'            key="{key}",', f'            title="{title}",', '            kind="checkpoint",', '            pip="",',
              '            files={']
     lines += [f'                "{n}": "{h}",' for n, h in files.items()]
     lines += ['            },',
