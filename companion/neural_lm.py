@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from companion.ngram import EOS, UNK, NGramLM
-from companion.provenance import environment, seed_summary, verified_results
+from companion.provenance import check_run_arguments, environment, seed_summary, verified_results
 from companion.resources import sha256
 
 RECIPE = "neural-lm-zh"
@@ -249,20 +249,6 @@ def load_shipped(folder: Path | None = None, seed: int = 0) -> tuple[MLPLanguage
     return model, vocab, results
 
 
-def _check_arguments(seeds: Sequence[int], max_steps: int | None, subset: int | None) -> list[int]:
-    """The seeds as a list, after checking every argument."""
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds has repeats: {seeds}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
-    if subset is not None and subset < 2:
-        raise ValueError(f"subset must be at least 2, got {subset}")
-    return seeds
-
-
 def _one_run(config: RecipeConfig, vocab: list[str], data: dict[str, torch.Tensor], seed: int, *,
              score_test: bool, desc: str) -> tuple[MLPLanguageModel, dict]:
     """Train one seed; (model, figures: curve, time, final validation and, if asked, test perplexity)."""
@@ -280,7 +266,7 @@ def run_recipe(out: Path, *, config: RecipeConfig = LONG, seeds: Sequence[int] =
     """Train the MLP once per seed (settings chosen on validation with the first seed among `config`
     updated by each of `search`), score it on validation and test beside Kneser-Ney; write
     out/results.json, out/seed-<first seed>/model.safetensors and out/vocab.json."""
-    seeds = _check_arguments(seeds, max_steps, subset)
+    seeds = check_run_arguments(seeds, max_steps, subset)
     wall, base = time.perf_counter(), config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

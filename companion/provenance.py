@@ -26,6 +26,20 @@ def seed_summary(values: Sequence[float]) -> dict:
     return {"mean": round(float(np.mean(values)), 6), "std": round(std, 6), "values": values}
 
 
+def check_run_arguments(seeds: Sequence[int], max_steps: int | None, subset: int | None) -> list[int]:
+    """A recipe's seeds as a list, after checking them, max_steps and subset."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds is empty: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds has repeats: {seeds}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
+    if subset is not None and subset < 2:
+        raise ValueError(f"subset must be at least 2, got {subset}")
+    return seeds
+
+
 def git_commit() -> str | None:
     """HEAD of the book's checkout, marked when tracked files were changed; None outside git."""
     root = Path(__file__).resolve().parent.parent

@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from companion.device import pick_device
 from companion.finetune import paired_bootstrap
-from companion.provenance import environment, seed_summary, verified_results
+from companion.provenance import check_run_arguments, environment, seed_summary, verified_results
 from companion.resources import sha256
 
 RECIPE = "reviews-zh"
@@ -195,20 +195,6 @@ def train_one(config: ReviewsConfig, vocab: list[str], texts: dict[str, list[str
     return model, run
 
 
-def _check_arguments(seeds: Sequence[int], max_steps: int | None, subset: int | None) -> list[int]:
-    """The seeds as a list, after checking every argument."""
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds is empty: give at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds has repeats: {seeds}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be at least 1, got {max_steps}")
-    if subset is not None and subset < 2:
-        raise ValueError(f"subset must be at least 2, got {subset}")
-    return seeds
-
-
 def _load_data(subset: int | None) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
     """The Chinese reviews' texts and labels per split (the first `subset` of each split if given)."""
     from companion.corpora import load_chinese_reviews
@@ -247,7 +233,7 @@ def run_reviews(out: Path, *, max_steps: int | None = None, subset: int | None =
                 seeds: Sequence[int] = (0, 1, 2), config: ReviewsConfig | None = None,
                 search: Sequence[dict] | None = SEARCH) -> dict:
     """Train the character BERT once per seed until validation loss stops improving; write out/results.json."""
-    seeds = _check_arguments(seeds, max_steps, subset)
+    seeds = check_run_arguments(seeds, max_steps, subset)
     config = config or ReviewsConfig()
     wall = time.perf_counter()
     out = Path(out)
