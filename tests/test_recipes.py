@@ -115,7 +115,7 @@ def fake_run(monkeypatch):
     """recipes.run replaced by a stub that writes a small folder and records where."""
     outs = []
 
-    def run(recipe, out, *, steps=None):
+    def run(recipe, out, *, steps=None, save_model=True):
         outs.append(Path(out))
         if Path(out).resolve().is_relative_to(resources.CHECKPOINTS.resolve()):
             return {"steps": 0, "final_validation_loss": 1.0}  # never touch the real shipped copies
