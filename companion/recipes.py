@@ -6,6 +6,7 @@ command that reruns them.
     python -m companion.recipes book-bert --steps 50 --out /tmp/bert   # a quick check elsewhere
     python -m companion.recipes book-gpt --replace-shipped   # maintainers: refresh the shipped copy
     python -m companion.recipes bert-standard-init  # book-bert from standard init: the curve only
+    python -m companion.recipes book-gpt-choice     # book-gpt's recipe against its first one, 3 seeds
     python -m companion.recipes polarity-search     # fine-tuning hyperparameters, chosen on validation
     python -m companion.recipes polarity-full       # MiniLM fully fine-tuned on polarity, 3 seeds
     python -m companion.recipes polarity-lora --max-steps 5 --subset 64 --seeds 0   # a quick check
@@ -56,13 +57,14 @@ from companion.finetune import (
     train_classifier,
     trainable_parameters,
 )
-from companion.provenance import environment, seed_summary, verified_results
+from companion.provenance import check_run_arguments, environment, seed_summary, verified_results
 from companion.resources import CHECKPOINTS, sha256
 from companion.tagging import RECIPE_KEYS as TAGGING_RECIPES
 
 REVIEWS = "reviews-zh"  # companion.reviews: the Chinese reviews' character model
 NEURAL_LM = "neural-lm-zh"  # companion.neural_lm: the language-model chapter's MLP, trained for epochs
 BERT_STANDARD = "bert-standard-init"  # book-bert from BERT's standard init: its validation curve only
+GPT_CHOICE = "book-gpt-choice"  # book-gpt's recipe against its first one, 3 seeds: curves only
 PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
@@ -92,14 +94,19 @@ class Recipe:
 RECIPES = {
     r.key: r
     for r in [
-        # The GPT chapter trains exactly this model for 500 steps.
+        # The GPT chapter trains exactly this model for 500 steps. 12 blocks per step at lr 3e-3
+        # (bench/train_clm.py --race) for the 8.2M tokens of the first recipe below: book-gpt-choice.
         Recipe("book-gpt", "clm", block_size=128, n_layer=4, n_head=4, n_embd=128,
-               steps=4000, batch_size=16, lr=2e-3, warmup=100),
+               steps=5333, batch_size=12, lr=3e-3, warmup=100),
         # The BERT chapter trains this model for 500 steps.
         Recipe("book-bert", "mlm", block_size=64, n_layer=4, n_head=4, n_embd=128,
                steps=4000, batch_size=32, lr=1e-3, warmup=100, local_init=True),
     ]
 }
+
+# book-gpt's first recipe (until 2026-11-30): blocks of 128 in batches of 16 at lr 2e-3
+BOOK_GPT_FIRST = Recipe("book-gpt", "clm", block_size=128, n_layer=4, n_head=4, n_embd=128,
+                        steps=4000, batch_size=16, lr=2e-3, warmup=100)
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -289,6 +296,45 @@ def run(recipe: Recipe, out: Path, *, steps: int | None = None, save_model: bool
         tokenizer.save_pretrained(out)
     (out / "recipe.json").write_text(json.dumps(figures, indent=1) + "\n")
     return figures
+
+
+def gpt_choice(out: Path, *, seeds: tuple[int, ...] = (0, 1, 2), steps: int | None = None) -> dict:
+    """book-gpt's recipe and its first one, from each seed (curves only, `out`/NAME-seed-S/recipe.json),
+    and `out`/results.json with their final validation losses; finished runs are kept."""
+    seeds = check_run_arguments(seeds, None, None)
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    contenders = {"first": BOOK_GPT_FIRST, "current": RECIPES["book-gpt"]}
+    runs, artifacts, start = [], {}, time.perf_counter()
+    for name, recipe in contenders.items():
+        for seed in seeds:
+            one, folder = replace(recipe, seed=seed), out / f"{name}-seed-{seed}"
+            path = folder / "recipe.json"
+            done = json.loads(path.read_text()) if path.exists() else None
+            if done is None or done["recipe"] != asdict(one) | {"steps": steps or one.steps}:
+                print(f"{name} recipe, seed {seed}: training", flush=True)
+                done = run(one, folder, steps=steps, save_model=False)
+            runs.append({"recipe": name, "seed": seed, "steps": done["steps"], "tokens": done["tokens"],
+                         "train_seconds": done["train_seconds"], "device": done["device"],
+                         "final_validation_loss": done["final_validation_loss"]})
+            artifacts[f"{name}-seed-{seed}/recipe.json"] = sha256(path)
+    results = {
+        "key": GPT_CHOICE, "recipes": {name: asdict(r) for name, r in contenders.items()}, "seeds": seeds,
+        "validation_loss_unit": "nats per byte",
+        "final_validation_loss": {name: seed_summary([r["final_validation_loss"] for r in runs
+                                                      if r["recipe"] == name]) for name in contenders},
+        "runs": runs, "artifacts": artifacts, "wall_seconds": round(time.perf_counter() - start, 1),
+        **environment(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def gpt_choice_headline(results: dict) -> str:
+    """One line: each recipe's final validation loss, mean ± std over the seeds."""
+    loss = results["final_validation_loss"]
+    return (f"validation loss over {len(results['seeds'])} seeds: " + ", ".join(
+        f"{name} {s['mean']:.4f} ± {s['std']:.4f}" for name, s in loss.items()) + f" {results['validation_loss_unit']}")
 
 
 # ----------------------------------------------------------------------------- polarity fine-tuning
@@ -586,6 +632,16 @@ def _run_one_thread(args: argparse.Namespace, run_recipe, headline) -> int:
     return 0
 
 
+def _gpt_choice_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for book-gpt-choice: both book-gpt recipes, each seed, runs/book-gpt-choice (or --out)."""
+    if (args.max_steps, args.subset) != (None, None):
+        parser.error(f"{args.key} takes --steps (a quick check) and --seeds, not --max-steps or --subset")
+    if args.replace_shipped and args.steps is not None:
+        parser.error("--replace-shipped ships the recipes' full runs: drop --steps")
+    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
+    return _run_one_thread(args, lambda out: gpt_choice(out, seeds=seeds, steps=args.steps), gpt_choice_headline)
+
+
 def _peft_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The command for peft-compare (companion.peft_compare): every method, runs/peft-compare (or --out)."""
     from companion import peft_compare
@@ -623,8 +679,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
-                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM])
-    parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert)")
+                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE])
+    parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert, book-gpt-choice)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")
     parser.add_argument("--seeds", type=int, nargs="+", help="polarity: these seeds instead of the recipe's")
@@ -650,6 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         return _neural_lm_main(parser, args)
     if args.key == PEFT:
         return _peft_main(parser, args)
+    if args.key == GPT_CHOICE:
+        return _gpt_choice_main(parser, args)
     if (args.max_steps, args.subset, args.seeds) != (None, None, None):
         parser.error("--max-steps, --subset and --seeds are for the polarity recipes: use --steps")
     recipe = bert_standard_init() if args.key == BERT_STANDARD else RECIPES[args.key]

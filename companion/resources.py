@@ -240,17 +240,17 @@ REGISTRY: dict[str, Resource] = {
             kind="checkpoint",
             pip="",
             files={
-                "config.json": "137544e7613331f2e1f27cf2f084e1c67bcb03b12157eb8c4d953e1689a0efb4",
-                "generation_config.json": "3c608291ca0ede0d3cf96266b7fe3f53b210cad24ec965969091ec47d80b0bdb",
-                "model.safetensors": "064679be50a08dc9174e7babff70d6193dd70bb3dcd27e4e290e23248f2e99bf",
-                "recipe.json": "59cbe2735f0393d1f197e9414d7933b526e6979ec732ac1a2eaa0d37ed996bf1",
+                "config.json": "e32698b5f80dd8fe48e244ccd924a9c5a5bddf2c1ebdd79e3d52b5ebc0eec67d",
+                "generation_config.json": "2c208bb4c0e4c3725b505437639cdaaee586a4e3ddd6114269c7c07af38c0a28",
+                "model.safetensors": "8e7bb2d6b80c23d93a1068b20f46f1455b880ea235b8433e1aa148e1e9c13d67",
+                "recipe.json": "a4800fa26bb21581a98a9a65bcd9541d1e65065e2fdda9c330d0d6802d0a4787",
                 "tokenizer.json": "838f9c7c39e1194cdd89b02bd56a93ba488cf056cc0a576190224c8485e7d8c0",
                 "tokenizer_config.json": "76b9e141a96e04e8edce49a9cf8e2ec0802dee14fef2a053d781b7b0a1a4aff9",
             },
             licence=("Weights and tokenizer made by the book (python -m companion.recipes); trained on the "
                      "Pang & Lee movie reviews, which are for personal/research use."),
-            notes="GPT2LMHeadModel + byte-level tokenizer (id = byte value, <|endoftext|> = 256): the GPT chapter's recipe run for 4,000 steps.",
-            recipe={"steps": 4000, "tokens": 8192000, "train_seconds": 996.2, "device": "cpu (x86_64, 1 threads)", "final_validation_loss": 1.4409, "validation_loss_unit": "nats per byte", "parameters": 842624, "date": "2026-11-23"},
+            notes="GPT2LMHeadModel + byte-level tokenizer (id = byte value, <|endoftext|> = 256): the GPT chapter's recipe run for 5,333 steps.",
+            recipe={"steps": 5333, "tokens": 8191488, "train_seconds": 961.6, "device": "cpu (x86_64, 1 threads)", "final_validation_loss": 1.4253, "validation_loss_unit": "nats per byte", "parameters": 842624, "date": "2026-11-30"},
         ),
         Resource(
             key="book-bert",

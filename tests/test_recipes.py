@@ -380,10 +380,20 @@ def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
     check = subprocess.run([sys.executable, "tools/recipe_table.py", "--check"], cwd=root,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, *recipes.POLARITY_RECIPES, *recipes.TAGGING_RECIPES,
-            recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT]
+    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
+            *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT]
     for key in keys:
         assert f"| `{key}` |" in (root / "README.md").read_text()
+
+
+def test_make_reproduce_reruns_every_recipe():
+    import re
+
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    listed = re.search(r"^RECIPES := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
+    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
+            *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT]
+    assert sorted(listed) == sorted(keys)
 
 
 def test_reviews_zh_is_a_recipe_command_shipped_with_the_results(tmp_path, monkeypatch):
@@ -418,3 +428,77 @@ def test_a_run_without_the_model_writes_only_the_figures(tmp_path):
     figures = recipes.run(recipes.bert_standard_init(), tmp_path, steps=4, save_model=False)
     assert [p.name for p in tmp_path.iterdir()] == ["recipe.json"]
     assert json.loads((tmp_path / "recipe.json").read_text())["steps"] == figures["steps"] == 4
+
+
+# --- book-gpt-choice: book-gpt's recipe against its first one, curves only -----------------------
+
+@pytest.fixture
+def fake_clm_run(monkeypatch):
+    """recipes.run replaced by a stub that writes recipe.json as run() does, with a loss from the lr."""
+    calls = []
+
+    def run(recipe, out, *, steps=None, save_model=True):
+        calls.append((recipe.lr, recipe.seed))
+        steps = steps or recipe.steps
+        figures = {"recipe": dataclasses.asdict(recipe) | {"steps": steps}, "steps": steps,
+                   "tokens": steps * recipe.batch_size * recipe.block_size, "train_seconds": 1.0,
+                   "device": "cpu (test)", "final_validation_loss": round(1.5 - 10 * recipe.lr + recipe.seed / 100, 4)}
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "recipe.json").write_text(json.dumps(figures))
+        return figures
+
+    monkeypatch.setattr(recipes, "run", run)
+    return calls
+
+
+def test_gpt_choice_trains_both_recipes_per_seed_and_summarises(tmp_path, fake_clm_run):
+    r = recipes.gpt_choice(tmp_path, seeds=(0, 1))
+    assert fake_clm_run == [(2e-3, 0), (2e-3, 1), (3e-3, 0), (3e-3, 1)]
+    assert r["final_validation_loss"]["first"]["values"] == [1.48, 1.49]
+    assert r["final_validation_loss"]["current"]["mean"] == pytest.approx(1.475)
+    assert r["recipes"]["current"] == dataclasses.asdict(recipes.RECIPES["book-gpt"])
+    assert sorted(r["artifacts"]) == [f"{n}-seed-{s}/recipe.json" for n in ("current", "first") for s in (0, 1)]
+    assert recipes.verified_results(tmp_path, recipes.GPT_CHOICE) == json.loads(json.dumps(r))
+    assert "first 1.4850 ± 0.0071, current 1.4750 ± 0.0071" in recipes.gpt_choice_headline(r)
+
+
+def test_gpt_choice_keeps_finished_runs_and_redoes_runs_of_other_steps(tmp_path, fake_clm_run):
+    recipes.gpt_choice(tmp_path, seeds=(0,))
+    fake_clm_run.clear()
+    recipes.gpt_choice(tmp_path, seeds=(0,))
+    assert fake_clm_run == []  # both runs were finished
+    recipes.gpt_choice(tmp_path, seeds=(0,), steps=3)
+    assert fake_clm_run == [(2e-3, 0), (3e-3, 0)]  # a quick check is not the full run
+
+
+@pytest.mark.parametrize("kw, message", [({"seeds": ()}, "seeds is empty"), ({"steps": 0}, "at least 1")])
+def test_gpt_choice_refuses_bad_arguments(tmp_path, fake_clm_run, kw, message):
+    with pytest.raises(ValueError, match=message):
+        recipes.gpt_choice(tmp_path, **kw)
+
+
+@pytest.mark.parametrize("argv, message", [(["--max-steps", "3"], "not --max-steps"),
+                                           (["--steps", "3", "--replace-shipped"], "drop --steps")])
+def test_the_gpt_choice_command_refuses_what_it_cannot_do(argv, message, fake_clm_run, capsys):
+    with pytest.raises(SystemExit):
+        recipes.main([recipes.GPT_CHOICE, *argv])
+    assert message in capsys.readouterr().err
+    assert fake_clm_run == []
+
+
+def test_the_shipped_gpt_choice_is_book_gpt_and_its_first_recipe_over_three_seeds():
+    r = recipes.shipped_results(recipes.GPT_CHOICE)  # every run's recipe.json checked by its sha256
+    assert r["recipes"] == {"first": dataclasses.asdict(recipes.BOOK_GPT_FIRST),
+                            "current": dataclasses.asdict(recipes.RECIPES["book-gpt"])}
+    assert r["seeds"] == [0, 1, 2] and len(r["runs"]) == 6
+    first, current = (recipes.replace(r_, seed=0) for r_ in (recipes.BOOK_GPT_FIRST, recipes.RECIPES["book-gpt"]))
+    assert first.steps * first.batch_size == current.steps * current.batch_size + 4  # the same 8.2M tokens
+    shipped = json.loads((resources.model_dir("book-gpt") / "recipe.json").read_text())
+    run = {(x["recipe"], x["seed"]): x for x in r["runs"]}
+    assert run["current", 0]["final_validation_loss"] == shipped["final_validation_loss"]
+    for (name, seed), x in run.items():
+        recipe = recipes.replace(first if name == "first" else current, seed=seed)
+        saved = json.loads((recipes.RESULTS / recipes.GPT_CHOICE / f"{name}-seed-{seed}" / "recipe.json").read_text())
+        assert saved["recipe"] == dataclasses.asdict(recipe)
+        assert saved["steps"] == recipe.steps == saved["history"]["step"][-1]
+        assert saved["final_validation_loss"] == x["final_validation_loss"]
