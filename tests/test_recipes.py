@@ -381,7 +381,8 @@ def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
-            *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT]
+            *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
+            recipes.INSTRUCT]
     for key in keys:
         assert f"| `{key}` |" in (root / "README.md").read_text()
 
@@ -392,7 +393,8 @@ def test_make_reproduce_reruns_every_recipe():
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     listed = re.search(r"^RECIPES := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
-            *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT]
+            *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
+            recipes.INSTRUCT]
     assert sorted(listed) == sorted(keys)
 
 

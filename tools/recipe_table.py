@@ -35,6 +35,9 @@ WHAT = {
     "neural-lm-zh": "the language-model chapter's character MLP, People's Daily, 4 epochs (3 seeds)",
     "peft-compare": "full, probe, BitFit, LoRA r1-r16, DoRA, rsLoRA, IA3, adapters, prompt tuning, "
                     "int8-base LoRA (3 seeds)",
+    "prompt-grid": "prompting SmolLM2 on polarity: template, k, calibration, order, choice grids on validation; "
+                   "test once; chain of thought",
+    "instruct": "instruction tuning of SmolLM2 and book-gpt on a five-task mixture, LoRA and full (3 seeds)",
 }
 
 
@@ -72,6 +75,21 @@ def _row(key: str) -> tuple[str, str, str] | None:
         line = ", ".join(f"{m} {_pm(r['methods'][m]['metrics']['test_accuracy'])}" for m in ["full", chosen])
         line += f" (the LoRA chosen on validation), probe {_pm(r['methods']['probe']['metrics']['test_accuracy'])}"
         return f"{seconds / 60:.0f}", r["device"], f"test accuracy: {line} ({len(r['methods'])} methods)"
+    if key == "prompt-grid":
+        from companion import prompt_grid
+
+        r = prompt_grid.shipped_results(folder)
+        return f"{r['wall_seconds'] / 60:.0f}", r["device"], prompt_grid.headline(r)
+    if key == "instruct":
+        from companion import instruct
+
+        r = instruct.shipped_results(folder)
+        seconds = sum(run.get("train_seconds", 0) for m in r["models"].values() for run in m["runs"].values())
+        s = r["models"]["smollm2"]["scores"]
+        line = "SmolLM2 " + ", ".join(
+            f"{t} {instruct.MAIN_METRIC[t]} {s['base'][t][instruct.MAIN_METRIC[t]]:.3f} -> "
+            f"{s['lora'][t][instruct.MAIN_METRIC[t]]['mean']:.3f} (LoRA)" for t in s["base"])
+        return f"{seconds / 60:.0f}", r["device"], line
     if key == "reviews-zh":
         from companion import reviews
 
@@ -116,7 +134,7 @@ def table() -> str:
     """The markdown table of every recipe (those not shipped yet say so)."""
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *tagging.RECIPE_KEYS,
-            "reviews-zh", "neural-lm-zh", "peft-compare"]
+            "reviews-zh", "neural-lm-zh", "peft-compare", "prompt-grid", "instruct"]
     lines = ["| recipe | what | training minutes (sum over runs) | recorded on | headline |",
              "| --- | --- | ---: | --- | --- |"]
     for key in keys:
