@@ -419,6 +419,9 @@ TUNE_CONFIGS = {
 }
 
 
+BASE_NAMES = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "book-gpt": "book-gpt"}
+
+
 def load_model(name: str):
     """(model, tokenizer) in float32: SmolLM2-135M-Instruct with its chat template, or book-gpt with
     `PLAIN_CHAT_TEMPLATE`."""
@@ -567,12 +570,18 @@ def validation_rows(config: TuneConfig, tokenizer) -> list[dict]:
                                               allow_fewer=True)], config.block_size)
 
 
-def save_adapter_bf16(model, folder: Path) -> None:
-    """`model.save_pretrained(folder)` with the adapter weights stored in bfloat16 (half the bytes)."""
+def save_adapter_bf16(model, folder: Path, base_name: str) -> None:
+    """`model.save_pretrained(folder)` with the adapter weights in bfloat16 (half the bytes), the base
+    recorded by its name (not this machine's path) and no generated model card."""
     from safetensors.torch import load_file, save_file
 
     model.save_pretrained(folder)
-    path = Path(folder) / "adapter_model.safetensors"
+    folder = Path(folder)
+    (folder / "README.md").unlink(missing_ok=True)
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_name
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    path = folder / "adapter_model.safetensors"
     save_file({k: v.to(torch.bfloat16) for k, v in load_file(path).items()}, path, metadata={"format": "pt"})
 
 
@@ -634,7 +643,7 @@ def run_recipe(out: Path, *, models: Sequence[str] = ("smollm2", "book-gpt"),
                 method, seed = variant.split("-seed-")
                 model, tokenizer, run = tune(config, method, int(seed), max_steps=max_steps, progress=progress)
                 if method == "lora" and int(seed) == min(seeds):
-                    save_adapter_bf16(model, out / name / variant)
+                    save_adapter_bf16(model, out / name / variant, BASE_NAMES[name])
             t0 = time.perf_counter()
             answers = answer_all(model, tokenizer, items, progress=progress)
             run.update(generate_seconds=round(time.perf_counter() - t0, 1), answers=answers,

@@ -224,6 +224,9 @@ def test_recipe_writes_parts_and_results_and_resumes(tmp_path, monkeypatch, smol
     assert sorted(runs) == ["base", "full-seed-0", "full-seed-1", "lora-seed-0", "lora-seed-1"]
     assert results["models"]["smollm2"]["scores"]["lora"]["sentiment"]["exact"]["values"].__len__() == 2
     assert (out / "smollm2" / "lora-seed-0" / "adapter_model.safetensors").exists()
+    assert not (out / "smollm2" / "lora-seed-0" / "README.md").exists()  # no model card with local paths
+    saved = json.loads((out / "smollm2" / "lora-seed-0" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert instruct.shipped_results(out)["artifacts"] == results["artifacts"]
     assert len(instruct.shipped_answers("smollm2", "full-seed-1", out)) == 2
     tuned, _ = instruct.load_tuned("smollm2", out / "smollm2" / "lora-seed-0")
