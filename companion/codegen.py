@@ -5,9 +5,10 @@ Two ways of asking, both greedy:
 - *completion*: the problem's prompt (imports, signature, docstring) as plain text, and the model
   continues it, the protocol of the HumanEval paper (Chen et al., 2021), cut at the first of its
   stop sequences (a new top-level ``def``, ``class``, ``if``, ``print`` or comment);
-- *chat*: the same prompt inside SmolLM2's chat template with a one-line request; the code of
-  the reply (its first fenced block, or the whole reply) is appended to the prompt, so a reply
-  that rewrites the whole function replaces the stub.
+- *chat*: the same prompt inside SmolLM2's chat template with a one-line request, and the
+  assistant's reply started for it with a code fence (a "prefill"), so that it answers with code
+  and stops at the closing fence; the code is appended to the prompt, so a reply that rewrites
+  the whole function replaces the stub.
 
 The instruct model does not continue a bare prompt with code (it closes a code fence and explains),
 so the `SAMPLES` sampled answers per problem (temperature 0.8, top-p 0.95), for pass@1 and pass@10
@@ -37,6 +38,7 @@ MAX_NEW_TOKENS = 300
 SAMPLES = 10
 TEMPERATURE, TOP_P = 0.8, 0.95
 CHAT_REQUEST = "Complete this Python function. Reply with the code only.\n\n```python\n{prompt}```"
+PREFILL = "```python\n"  # the start of the assistant's reply, written for it
 KS = (1, 10)
 
 
@@ -47,17 +49,18 @@ def truncate(completion: str, stops: Sequence[str] = STOPS) -> str:
 
 
 def code_of_reply(reply: str) -> str:
-    """The code of a chat reply, ready to append to the prompt: its first fenced block (or the whole
-    reply), on a new line if it defines a function (replacing the stub), else as the body."""
+    """The code of a chat reply, ready to append to the prompt: its first fenced block (else the
+    text before the first fence: a prefilled reply ends with the closing one), on a new line if it
+    defines a function (replacing the stub), else as the function's body."""
     block = re.search(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", reply, flags=re.S)
-    code = block.group(1) if block else reply
+    code = block.group(1) if block else reply.split("```")[0]
     return "\n" + code if re.search(r"^\s*def ", code, flags=re.M) else code
 
 
 def chat_prompt(tokenizer, problem: dict) -> str:
-    """The chat-mode prompt: the problem inside SmolLM2's chat template, ready for generation."""
+    """The chat-mode prompt: the problem inside SmolLM2's chat template, the reply begun with PREFILL."""
     messages = [{"role": "user", "content": CHAT_REQUEST.format(prompt=problem["prompt"])}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + PREFILL
 
 
 @torch.no_grad()
@@ -149,9 +152,9 @@ def run_recipe(out: Path, *, subset: int | None = None, samples: int = SAMPLES,
     plans = {
         "completion": lambda: [[truncate(t[0])] for t in generate(
             model, tokenizer, [p["prompt"] for p in problems], **ask)],
-        "chat": lambda: [[code_of_reply(t[0])] for t in generate(model, tokenizer, chats, stops=(), **ask)],
+        "chat": lambda: [[code_of_reply(t[0])] for t in generate(model, tokenizer, chats, stops=("```",), **ask)],
         "chat-sampled": lambda: [[code_of_reply(x) for x in t] for t in generate(
-            model, tokenizer, chats, stops=(), sample=True, n=samples, **ask)],
+            model, tokenizer, chats, stops=("```",), sample=True, n=samples, **ask)],
     }
     for name, make in plans.items():
         start = time.perf_counter()
@@ -168,7 +171,7 @@ def run_recipe(out: Path, *, subset: int | None = None, samples: int = SAMPLES,
     results = {
         "key": KEY, "model": SMOL, "problems": len(problems), "subset": subset,
         "decoding": {"completion": f"greedy, completion mode, cut at {list(STOPS)}",
-                     "chat": "greedy, chat template, the reply's code appended to the prompt",
+                     "chat": "greedy, chat template, reply prefilled with a code fence, cut at the closing fence",
                      "chat-sampled": f"{samples} samples per problem, temperature {TEMPERATURE}, top-p {TOP_P}, "
                                      "otherwise as chat",
                      "max_new_tokens": max_new_tokens},

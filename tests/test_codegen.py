@@ -27,6 +27,8 @@ def test_code_of_reply_takes_the_fenced_block_and_replaces_a_redefined_stub():
     # a body without a def is appended as the body; an unclosed fence still gives its code
     assert codegen.code_of_reply("    return number % 1.0") == "    return number % 1.0"
     assert codegen.code_of_reply("```python\n    return number % 1.0") == "    return number % 1.0"
+    # a prefilled reply: the code, then the closing fence
+    assert codegen.code_of_reply("    return number % 1.0\n```") == "    return number % 1.0\n"
     assert codeeval.run_sandboxed(codeeval.check_program(problem, "    return number % 1.0\n")).passed
 
 
@@ -42,6 +44,7 @@ def test_batched_greedy_generation_equals_one_by_one(smol):
     model, tokenizer = smol
     problems = codeeval.load_humaneval()[:3]
     prompts = [codegen.chat_prompt(tokenizer, p) for p in problems]
+    assert all(p.endswith(codegen.PREFILL) for p in prompts)
     side = tokenizer.padding_side
     batched = codegen.generate(model, tokenizer, prompts, max_new_tokens=12, stops=())
     alone = [codegen.generate(model, tokenizer, [p], max_new_tokens=12, stops=())[0] for p in prompts]
