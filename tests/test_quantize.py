@@ -1,0 +1,95 @@
+"""companion.quantize: error bounds, exact grid points, granularities, GGUF Q8_0 bytes and a file round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from companion import quantize as Q
+
+
+@pytest.mark.parametrize("bits", [8, 4, 3])
+@pytest.mark.parametrize("granularity", Q.GRANULARITIES)
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_every_error_is_at_most_half_a_step(bits, granularity, symmetric):
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(bits)) * 0.05
+    w[3, 7] = 1.5  # an outlier
+    qw = Q.quantize(w, bits, granularity=granularity, group_size=16, symmetric=symmetric)
+    error = (Q.dequantize(qw) - w).abs().reshape(qw.q.shape)
+    assert torch.all(error <= qw.scale / 2 * (1 + 1e-5) + 1e-8)
+    low, high = (-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1) if symmetric else (0, 2**bits - 1)
+    assert int(qw.q.min()) >= low and int(qw.q.max()) <= high
+
+
+def test_points_on_the_grid_come_back_exactly():
+    w = torch.tensor([[-127.0, -3.0, 0.0, 5.0, 127.0]]) * 0.01
+    assert torch.equal(Q.dequantize(Q.quantize(w, 8)), (w / 0.01).round() * 0.01)
+    zero = Q.quantize(torch.tensor([[0.0, 1.0, 2.0, 3.0]]), 2, symmetric=False)
+    assert Q.dequantize(zero).tolist() == [[0.0, 1.0, 2.0, 3.0]] and zero.zero.item() == 0
+    assert Q.dequantize(Q.quantize(torch.zeros(2, 32), 4)).abs().max() == 0  # scale 0: no division
+
+
+def test_rounding_is_half_away_from_zero():
+    assert Q.round_half_away(torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 0.49])).tolist() == [1, 2, 3, -1, -3, 0]
+
+
+def test_smaller_groups_confine_an_outlier():
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(0)) * 0.02
+    w[:, 5] = 0.8  # one outlier input feature
+    mse = {g: float((Q.dequantize(Q.quantize(w, 4, granularity=g, group_size=32)) - w).pow(2).mean())
+           for g in Q.GRANULARITIES}
+    assert mse["group"] < mse["channel"] <= mse["tensor"]
+    size = Q.quantize(w, 4, granularity="group", group_size=32).nbytes()
+    assert size == 32 * 128 // 2 + (32 * 128 // 32) * 4  # 4 bits a weight, a float32 scale a group
+
+
+def test_absmax_8_bit_in_groups_of_32_is_ggufs_q8_0():
+    from gguf import GGMLQuantizationType, quants
+
+    w = torch.randn(8, 96, generator=torch.Generator().manual_seed(1)).mul(0.1)
+    packed = quants.quantize(w.numpy(), GGMLQuantizationType.Q8_0)
+    ours = Q.quantize(w, 8, granularity="group", group_size=32, scale_dtype=torch.float16)
+    rows = packed.reshape(-1, 34)  # per block: a float16 scale (2 bytes), 32 int8 values
+    assert np.array_equal(rows[:, :2].copy().view(np.float16).ravel(), ours.scale.numpy().ravel())
+    assert np.array_equal(rows[:, 2:].view(np.int8), ours.q.numpy())
+    back = quants.dequantize(packed, GGMLQuantizationType.Q8_0)
+    assert np.array_equal(back, Q.dequantize(ours).numpy())
+
+
+def test_a_gguf_file_round_trip(tmp_path):
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, quants
+
+    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(2))
+    path = tmp_path / "tiny.gguf"
+    writer = GGUFWriter(path, "llama")
+    for name, qtype in [("q8", GGMLQuantizationType.Q8_0), ("q4", GGMLQuantizationType.Q4_0)]:
+        writer.add_tensor(name, quants.quantize(w.numpy(), qtype), raw_dtype=qtype)  # shape in bytes
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    q8 = quants.dequantize(tensors["q8"].data, GGMLQuantizationType.Q8_0).reshape(w.shape)
+    q4 = quants.dequantize(tensors["q4"].data, GGMLQuantizationType.Q4_0).reshape(w.shape)
+    ours = Q.dequantize(Q.quantize(w, 8, granularity="group", group_size=32, scale_dtype=torch.float16))
+    assert np.array_equal(q8, ours.numpy())
+    # Q4_0 keeps 16 levels a block of 32: its error is within one step of max|w| / 8
+    step = w.reshape(-1, 32).abs().amax(1, keepdim=True) / 8
+    assert torch.all((torch.from_numpy(q4).reshape(-1, 32) - w.reshape(-1, 32)).abs() <= step * 1.01)
+
+
+def test_fake_quantization_of_a_model_and_bad_input():
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    before = model[0].weight.clone()
+    assert Q.fake_quantize_(model, 4, granularity="group", group_size=16) == 2
+    assert not torch.equal(before, model[0].weight)
+    assert all(len(group.unique()) <= 15 for group in model[0].weight.reshape(-1, 16))  # 15 levels at 4 bits
+    with pytest.raises(ValueError, match="bits"):
+        Q.quantize(before, 1)
+    with pytest.raises(ValueError, match="multiple of group_size"):
+        Q.quantize(torch.zeros(2, 30), 8, granularity="group", group_size=32)
+    with pytest.raises(ValueError, match="granularity"):
+        Q.quantize(before, 8, granularity="row")
+    with pytest.raises(ValueError, match="empty"):
+        Q.quantize(torch.zeros(0), 8)
