@@ -412,7 +412,7 @@ class TuneConfig:
 
 
 TUNE_CONFIGS = {
-    "smollm2": TuneConfig("smollm2", TASKS, max_length=192, block_size=512, per_task=80, batch_size=2,
+    "smollm2": TuneConfig("smollm2", TASKS, max_length=192, block_size=512, per_task=240, batch_size=2,
                           epochs=1, lora_rank=8, lora_lr=1e-3, full_lr=5e-5),
     "book-gpt": TuneConfig("book-gpt", ("sentiment", "chat"), max_length=128, block_size=128, per_task=200,
                            batch_size=16, epochs=10, lora_rank=8, lora_lr=3e-3, full_lr=1e-3),
