@@ -73,7 +73,8 @@ def main() -> int:
     texts = load_polarity()["test"]["text"][: args.requests]
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "companion.serve", "--port", str(port),
-                               "--threads", str(args.threads)], cwd=ROOT, env=os.environ.copy())
+                               "--threads", str(args.threads), "--no-assistant"],  # sentiment only
+                              cwd=ROOT, env=os.environ.copy())
     try:
         import httpx
 

@@ -59,6 +59,7 @@ CITIES = {"english": ("Paris", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "
                       "Warsaw"),
           "chinese": ("北京", "上海", "广州", "深圳", "成都", "杭州", "西安", "武汉", "南京", "重庆")}
 RETRIEVERS = ("bm25", "dense", "hybrid")
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @dataclass(frozen=True)
@@ -75,21 +76,26 @@ class Question:
         return bool(self.gold)
 
 
+def _knowledge(language: str) -> tuple[list[R.Passage], list[tuple[str, set[int]]]]:
+    """The knowledge base of `language` and ChatterBot's (question, gold pids), from one read."""
+    faq, pairs = R.faq(language)
+    if language != "english":
+        return faq, pairs
+    return faq + [R.Passage(len(faq) + p.pid, p.source, p.text) for p in R.python_topics()], pairs
+
+
 def passages(language: str) -> list[R.Passage]:
     """The knowledge base of `language`: ChatterBot's answers, then (English) the Python topics."""
-    faq, _ = R.faq(language)
-    if language != "english":
-        return faq
-    return faq + [R.Passage(len(faq) + p.pid, p.source, p.text) for p in R.python_topics()]
+    return _knowledge(language)[0]
 
 
 def questions(per_language: dict[str, int] | None = None, *, seed: int = 0) -> list[Question]:
     """A seeded sample of each language's ChatterBot questions, the Python questions (English) and
     the out-of-scope requests, each group shuffled and split in half: validation, then test."""
-    per_language = per_language or {"english": 120, "chinese": 60}
+    per_language = per_language or {"english": 120, "chinese": 120}
     rng, out = random.Random(seed), []
     for language, n in per_language.items():
-        kb, (_, pairs) = passages(language), R.faq(language)
+        kb, pairs = _knowledge(language)
         groups = [[Question(q, language, frozenset(g)) for q, g in rng.sample(pairs, min(n, len(pairs)))]]
         if language == "english":
             groups.append([Question(PYTHON_QUESTION.format(s), language,
@@ -173,16 +179,9 @@ class KnowledgeBase:
         if retriever != "hybrid":
             raise ValueError(f"retriever must be one of {RETRIEVERS}, got {retriever!r}")
         sparse = np.stack([self.bm25.scores(t) for t in texts])
-        return _rrf_scores(sparse) + _rrf_scores(dense)
-
-
-def _rrf_scores(scores: np.ndarray, k: int = 60) -> np.ndarray:
-    """Each passage's 1 / (k + rank) in each row (rank 1 = best): reciprocal-rank fusion's terms."""
-    ranks = np.empty_like(scores, dtype=np.float64)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    rows = np.arange(scores.shape[0])[:, None]
-    ranks[rows, order] = np.arange(1, scores.shape[1] + 1)
-    return 1.0 / (k + ranks)
+        n = len(self.passages)
+        fused = [R.fusion_scores([R.top_k(s, n), R.top_k(d, n)]) for s, d in zip(sparse, dense)]
+        return np.array([[f[pid] for pid in range(n)] for f in fused])
 
 
 def knowledge_base(language: str, encoder, tokenizer) -> KnowledgeBase:
@@ -216,6 +215,25 @@ def _standard_error(values: Sequence[float]) -> float:
     return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
+def system_scores(answers: Sequence[str], asked: Sequence[Question], kb: Sequence[R.Passage],
+                  shown: Sequence[Sequence[int]] | None = None) -> dict[str, float]:
+    """One assistant's scores: mean chrF (with its standard error) and containment over the
+    answerable questions, refusal rates on answerable and out-of-scope ones, and, for an assistant
+    that was shown passages (`shown`, the pids of each prompt's [1], [2], ...), how often it cites a
+    gold one."""
+    scored = [answer_scores(a, q, kb, s) for a, q, s in zip(answers, asked, shown or [()] * len(asked))]
+    inside = [r for r, q in zip(scored, asked) if q.answerable]
+    outside = [r for r, q in zip(scored, asked) if not q.answerable]
+    return {
+        "chrf": float(np.mean([r["chrf"] for r in inside])),
+        "chrf_standard_error": _standard_error([r["chrf"] for r in inside]),
+        "contains": float(np.mean([r["contains"] for r in inside])),
+        "refused_answerable": float(np.mean([r["refused"] for r in inside])),
+        "refused_out_of_scope": float(np.mean([r["refused"] for r in outside])),
+        **({"cites_gold": float(np.mean([r["cites_gold"] for r in inside]))} if shown is not None else {}),
+    }
+
+
 def run_recipe(out: Path, *, per_language: dict[str, int] | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
                progress: bool = True) -> dict:
     """Choose retriever and threshold on validation, answer the test questions four ways, score."""
@@ -234,8 +252,8 @@ def run_recipe(out: Path, *, per_language: dict[str, int] | None = None, max_new
     results: dict = {"key": KEY, "top": TOP, "max_new_tokens": max_new_tokens, "languages": {},
                      "questions": len(asked)}
     rows = []
-    smol_tok = AutoTokenizer.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct")
-    smol = AutoModelForCausalLM.from_pretrained("HuggingFaceTB/SmolLM2-135M-Instruct", dtype=torch.float32)
+    smol_tok = AutoTokenizer.from_pretrained(SMOLLM2)
+    smol = AutoModelForCausalLM.from_pretrained(SMOLLM2, dtype=torch.float32)
     for language in dict.fromkeys(q.language for q in asked):
         kb = knowledge_base(language, encoder, enc_tok)
         mine = [q for q in asked if q.language == language]
@@ -269,17 +287,7 @@ def run_recipe(out: Path, *, per_language: dict[str, int] | None = None, max_new
         systems = {}
         for name, texts in answers.items():
             used = name.startswith("rag")
-            scored = [answer_scores(a, q, kb.passages, s if used else ()) for a, q, s in zip(texts, test, shown)]
-            inside = [r for r, q in zip(scored, test) if q.answerable]
-            outside = [r for r, q in zip(scored, test) if not q.answerable]
-            systems[name] = {
-                "chrf": float(np.mean([r["chrf"] for r in inside])),
-                "chrf_standard_error": _standard_error([r["chrf"] for r in inside]),
-                "contains": float(np.mean([r["contains"] for r in inside])),
-                "refused_answerable": float(np.mean([r["refused"] for r in inside])),
-                "refused_out_of_scope": float(np.mean([r["refused"] for r in outside])),
-                **({"cites_gold": float(np.mean([r["cites_gold"] for r in inside]))} if used else {}),
-            }
+            systems[name] = system_scores(texts, test, kb.passages, shown if used else None)
             rows += [{"language": language, "system": name, "question": q.text, "answerable": q.answerable,
                       "shown": s if used else [], "answer": a} for a, q, s in zip(texts, test, shown)]
         results["languages"][language] = {
@@ -299,9 +307,93 @@ def run_recipe(out: Path, *, per_language: dict[str, int] | None = None, max_new
     return results
 
 
+def headline(results: dict) -> str:
+    """One line per language: the retriever chosen, its test recall@1, and each assistant's chrF."""
+    return "\n".join(
+        f"{language}: {r['retriever']} retrieval (test recall@1 {r['retrieval_test']['recall@1']:.3f}); chrF "
+        + ", ".join(f"{name} {s['chrf']:.1f}" for name, s in r["systems"].items())
+        for language, r in results["languages"].items())
+
+
 def shipped_results(folder: Path | None = None) -> dict:
     """The recipe's results.json (default: the shipped copy), its answers checked by sha256."""
     from companion.provenance import verified_results
     from companion.recipes import RESULTS
 
     return verified_results(Path(folder) if folder is not None else RESULTS / KEY, KEY)
+
+
+def shipped_answers(folder: Path | None = None) -> list[dict]:
+    """The rows of the recipe's answers.jsonl (default: the shipped copy), checked by sha256 first:
+    language, system, question, answerable, shown (pids of the passages in the prompt), answer."""
+    from companion.recipes import RESULTS
+
+    folder = Path(folder) if folder is not None else RESULTS / KEY
+    shipped_results(folder)
+    lines = (folder / "answers.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+# ----------------------------------------------------------------------------- the assistant
+
+@dataclass
+class Assistant:
+    """The recipe's assistant, for one message at a time: per language, the knowledge base, the
+    retriever and refusal threshold chosen on validation; MiniLM for queries, SmolLM2 to answer."""
+
+    knowledge: dict[str, KnowledgeBase]
+    retriever: dict[str, str]
+    threshold: dict[str, float]
+    encoder: object
+    encoder_tokenizer: object
+    model: object
+    tokenizer: object
+    max_new_tokens: int = MAX_NEW_TOKENS
+
+    def retrieve(self, question: str, language: str, k: int = TOP) -> list[tuple[int, float]]:
+        """(pid, score) of the `k` best passages for `question`, best first."""
+        kb = self.knowledge[language]
+        scores = kb.scores([question], self.retriever[language], self.encoder, self.encoder_tokenizer)[0]
+        return [(pid, float(scores[pid])) for pid in R.top_k(scores, k)]
+
+    def answer(self, question: str, language: str) -> dict:
+        """The answer to one message: when the best score is below the threshold, the refusal
+        without calling SmolLM2; otherwise SmolLM2's greedy answer to the passages. Returns
+        answer, refused, passages (pid, source, text, score of those shown), cited (their pids),
+        ruled_out (whether the threshold declined it)."""
+        if language not in self.knowledge:
+            raise ValueError(f"language must be one of {sorted(self.knowledge)}, got {language!r}")
+        kb, found = self.knowledge[language], self.retrieve(question, language)
+        shown = [{"pid": pid, "source": kb.passages[pid].source, "text": kb.passages[pid].text,
+                  "score": score} for pid, score in found]
+        if found[0][1] < self.threshold[language]:
+            return {"answer": REFUSAL[language], "refused": True, "passages": shown, "cited": [],
+                    "ruled_out": True}
+        from companion.instruct import generate_answers
+
+        messages = rag_messages(question, [p["text"] for p in shown], language)
+        text = generate_answers(self.model, self.tokenizer, [messages], max_new_tokens=self.max_new_tokens)[0]
+        cited = [found[n - 1][0] for n in citations(text) if 1 <= n <= len(found)]
+        return {"answer": text, "refused": refused(text), "passages": shown, "cited": cited,
+                "ruled_out": False}
+
+
+def load_assistant(results: dict | None = None, *, languages: Sequence[str] = R.LANGUAGES,
+                   knowledge: dict[str, KnowledgeBase] | None = None,
+                   max_new_tokens: int | None = None) -> Assistant:
+    """The assistant the recipe chose (`results`: default the shipped results.json), with MiniLM and
+    SmolLM2-135M-Instruct loaded once; `knowledge` replaces the full knowledge bases (indexing the
+    English one embeds 1,600 passages, about a minute on one core)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    results = results if results is not None else shipped_results()
+    chosen = {language: results["languages"][language] for language in languages}
+    encoder, encoder_tokenizer = R.load_encoder()
+    if knowledge is None:
+        knowledge = {language: knowledge_base(language, encoder, encoder_tokenizer) for language in chosen}
+    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)
+    model = AutoModelForCausalLM.from_pretrained(SMOLLM2, dtype=torch.float32).eval()
+    return Assistant(knowledge, {k: r["retriever"] for k, r in chosen.items()},
+                     {k: r["threshold"] for k, r in chosen.items()}, encoder, encoder_tokenizer, model,
+                     tokenizer, max_new_tokens if max_new_tokens is not None else results["max_new_tokens"])

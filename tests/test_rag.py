@@ -62,15 +62,35 @@ def test_threshold_and_fusion_by_hand():
     assert threshold == pytest.approx(0.55) and accuracy == 1.0
     threshold, accuracy = rag.best_threshold([0.9, 0.5, 0.6], [True, True, False])
     assert accuracy == pytest.approx(2 / 3)
+
+
+
+def test_hybrid_scores_are_reciprocal_rank_fusion_of_both_rankings():
+    passages = [R.Passage(i, "x", t) for i, t in enumerate(
+        ["the cat sat on the mat", "a dog barked", "cats and dogs", "the weather is fine"])]
     rng = np.random.default_rng(0)
-    a, b = rng.random((5, 30)), rng.random((5, 30))
-    fused = rag._rrf_scores(a) + rag._rrf_scores(b)
-    for row, x, y in zip(fused, a, b):
-        expected = R.reciprocal_rank_fusion([R.top_k(x, 30), R.top_k(y, 30)])
-        assert np.allclose(np.sort(row)[::-1], sorted((1 / (60 + R.top_k(x, 30).index(i) + 1)
-                                                      + 1 / (60 + R.top_k(y, 30).index(i) + 1)
-                                                      for i in range(30)), reverse=True))
-        assert row[expected[0]] == row.max()
+    dense = R.DenseIndex(rng.standard_normal((4, 8)).astype(np.float32))
+    kb = rag.KnowledgeBase("english", passages, R.BM25Index(passages), dense)
+
+    class Encoder:  # embed() replaced: the query vectors come from the dense index itself
+        pass
+
+    question_vectors = rng.standard_normal((2, 8)).astype(np.float32)
+    original = R.embed
+    R.embed = lambda texts, encoder, tokenizer: question_vectors
+    try:
+        hybrid = kb.scores(["cat on a mat", "dogs"], "hybrid", Encoder(), None)
+    finally:
+        R.embed = original
+    for row, text, vector in zip(hybrid, ["cat on a mat", "dogs"], question_vectors):
+        sparse, dense_row = kb.bm25.scores(text), dense.scores(vector)[0]
+        expected = {pid: 0.0 for pid in range(4)}
+        for ranking in (R.top_k(sparse, 4), R.top_k(dense_row, 4)):
+            for rank, pid in enumerate(ranking, start=1):
+                expected[pid] += 1 / (60 + rank)
+        assert row.tolist() == pytest.approx([expected[pid] for pid in range(4)])
+        best = R.reciprocal_rank_fusion([R.top_k(sparse, 4), R.top_k(dense_row, 4)])[0]
+        assert row[best] == row.max()
 
 
 def test_the_recipe_chooses_on_validation_and_writes_every_answer(tmp_path):

@@ -68,11 +68,22 @@ def test_held_out_sentences_leave_their_passage():
     assert R.held_out_sentence_queries(passages, 30, seed=1)[1] == queries  # seeded
 
 
+def test_chinese_terms_are_characters_and_bigrams():
+    assert R.words("我喜欢Python吗", "chinese") == ["我", "喜", "欢", "我喜", "喜欢", "吗", "python"]
+    assert R.words("你好，世界！ OK 2024", "chinese") == ["你", "好", "你好", "世", "界", "世界", "ok", "2024"]
+    assert R.words("？！", "chinese") == []
+    assert R.words("Hello, World", "english") == ["hello", "world"]
+    with pytest.raises(ValueError, match="language"):
+        R.words("bonjour", "french")
+
+
 def test_ranking_fusion_and_metrics_by_hand():
     assert R.top_k(np.array([0.1, 0.5, 0.5, 0.2]), 3) == [1, 2, 3]
     fused = R.reciprocal_rank_fusion([[1, 2, 3], [3, 1, 4]], k=60)
     assert fused[:2] == [1, 3]  # 1: 1/61 + 1/62; 3: 1/63 + 1/61; 2: 1/62
     assert set(fused) == {1, 2, 3, 4}
+    assert R.fusion_scores([[1, 2, 3], [3, 1, 4]], k=60) == pytest.approx(
+        {1: 1 / 61 + 1 / 62, 2: 1 / 62, 3: 1 / 63 + 1 / 61, 4: 1 / 63})
     rankings, gold = [[3, 1, 2], [0, 4, 5], [7, 8, 9]], [{1}, {0, 5}, {2}]
     assert R.recall_at_k(rankings, gold, 1) == pytest.approx(1 / 3)
     assert R.recall_at_k(rankings, gold, 2) == pytest.approx(2 / 3)

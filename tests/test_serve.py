@@ -94,3 +94,81 @@ def test_one_real_request_over_loopback():
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+# --------------------------------------------------------------------------- the assistant
+
+
+@pytest.fixture(scope="module")
+def helper():
+    """The shipped assistant over the first 60 passages of each knowledge base (indexing all of
+    them takes a minute), answering with at most 12 new tokens."""
+    from companion import rag
+    from companion import retrieval as R
+
+    encoder, tokenizer = R.load_encoder()
+    knowledge = {}
+    for language in R.LANGUAGES:
+        kb = rag.passages(language)[:60]
+        vectors = R.embed([p.text for p in kb], encoder, tokenizer)
+        knowledge[language] = rag.KnowledgeBase(language, kb, R.BM25Index(kb, language), R.DenseIndex(vectors))
+    return rag.load_assistant(knowledge=knowledge, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def assistant_client(helper):
+    with TestClient(serve.create_app(lambda: None, lambda: helper)) as client:
+        yield client
+
+
+def test_the_assistant_answers_from_the_passages_the_recipe_chose(assistant_client, helper):
+    from companion import rag
+
+    results = rag.shipped_results()
+    for language, code in (("english", "en"), ("chinese", "zh")):
+        kb = helper.knowledge[language].passages
+        question = kb[0].text  # a message that repeats a passage is retrieved, and answered
+        r = assistant_client.post("/assistant", json={"question": question, "language": code})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["retriever"] == results["languages"][language]["retriever"]
+        assert body["threshold"] == pytest.approx(results["languages"][language]["threshold"])
+        assert [p["number"] for p in body["passages"]] == [1, 2, 3]
+        assert body["passages"][0]["text"] in {p.text for p in kb}
+        assert set(body["cited"]) <= {p["pid"] for p in body["passages"]}
+        assert body["answer"] and not body["ruled_out"]
+        direct = helper.answer(question, language)
+        assert direct["answer"] == body["answer"] and direct["cited"] == body["cited"]
+
+
+def test_below_the_threshold_the_assistant_declines_without_generating(assistant_client, helper):
+    from companion import rag
+
+    saved = dict(helper.threshold)
+    helper.threshold["english"] = float("inf")
+    try:
+        body = assistant_client.post("/assistant", json={"question": "How much is a train ticket to Oslo?"}).json()
+    finally:
+        helper.threshold.update(saved)
+    assert body["answer"] == rag.REFUSAL["english"] and body["refused"] and body["ruled_out"]
+    assert body["cited"] == [] and len(body["passages"]) == 3
+
+
+@pytest.mark.parametrize("body, says", [
+    ({"question": ""}, "question is empty"),
+    ({"question": "  "}, "question is blank"),
+    ({"question": "x" * (serve.MAX_QUESTION + 1)}, f"longer than {serve.MAX_QUESTION}"),
+    ({"question": "où?", "language": "fr"}, "'fr' is not supported"),
+    ({"language": "en"}, "question is missing"),
+    ({"question": "hi", "text": "hi"}, "text is not a field of this request (fields: question, language)"),
+])
+def test_bad_assistant_requests_get_422_with_a_clear_message(assistant_client, body, says):
+    r = assistant_client.post("/assistant", json=body)
+    assert r.status_code == 422
+    assert says in r.json()["error"], r.json()
+
+
+def test_a_service_without_the_assistant_says_so(client):
+    r = client.post("/assistant", json={"question": "Hello"})
+    assert r.status_code == 503 and "without the assistant" in r.json()["error"]
+    assert client.get("/health").json()["assistant"] is False
