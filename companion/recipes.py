@@ -66,6 +66,9 @@ NEURAL_LM = "neural-lm-zh"  # companion.neural_lm: the language-model chapter's 
 BERT_STANDARD = "bert-standard-init"  # book-bert from BERT's standard init: its validation curve only
 GPT_CHOICE = "book-gpt-choice"  # book-gpt's recipe against its first one, 3 seeds: curves only
 INSTRUCT = "instruct"  # companion.instruct: instruction tuning of SmolLM2 and book-gpt, LoRA and full
+RAG = "rag"  # companion.rag: an assistant that retrieves before it answers, English and Chinese
+TRIPLES = "triples"  # companion.triples: knowledge triples by patterns, a tagger and SmolLM2
+CODEGEN = "codegen"  # companion.codegen: SmolLM2 writes HumanEval's functions; the sandbox tests them
 PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
@@ -690,6 +693,41 @@ def _instruct_main(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
                                                         eval_per_task=args.subset), headline)
 
 
+def _codegen_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for codegen (companion.codegen): HumanEval with SmolLM2, runs/codegen, one thread;
+    --subset N (the first N problems) for a quick look."""
+    from companion.codegen import headline, run_recipe
+
+    if (args.steps, args.max_steps, args.seeds) != (None, None, None):
+        parser.error(f"{args.key} trains nothing: use --subset N (the first N problems) for a quick look")
+    _check_recipe_args(parser, args, "trains nothing")
+    return _run_one_thread(args, lambda out: run_recipe(out, subset=args.subset), headline)
+
+
+def _rag_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for rag (companion.rag): the retrieval assistant, runs/rag (or --out), one thread;
+    --subset N (N ChatterBot questions per language) for a quick look."""
+    from companion.rag import headline, run_recipe
+
+    if (args.steps, args.max_steps, args.seeds) != (None, None, None):
+        parser.error(f"{args.key} trains nothing: use --subset N (questions per language) for a quick look")
+    _check_recipe_args(parser, args, "trains nothing")
+    per_language = {"english": args.subset, "chinese": args.subset} if args.subset else None
+    return _run_one_thread(args, lambda out: run_recipe(out, per_language=per_language), headline)
+
+
+def _triples_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for triples (companion.triples): patterns, tagger (3 seeds) and SmolLM2,
+    runs/triples (or --out), one thread; --seeds for a quick look."""
+    from companion.triples import headline, run_recipe
+
+    if (args.steps, args.max_steps, args.subset) != (None, None, None):
+        parser.error(f"{args.key} takes only --seeds (the tagger's) for a quick look")
+    _check_recipe_args(parser, args, "trains whole epochs")
+    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
+    return _run_one_thread(args, lambda out: run_recipe(out, seeds=seeds), headline)
+
+
 def bert_standard_init() -> Recipe:
     """book-bert with BERT's standard initialisation, evaluated every 100 steps (no local init)."""
     return replace(RECIPES["book-bert"], key=BERT_STANDARD, local_init=False, eval_every=100)
@@ -701,7 +739,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
-                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, "prompt-grid", INSTRUCT])
+                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, "prompt-grid", INSTRUCT,
+                                    RAG, CODEGEN, TRIPLES])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert, book-gpt-choice)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")
@@ -734,6 +773,12 @@ def main(argv: list[str] | None = None) -> int:
         return _gpt_choice_main(parser, args)
     if args.key == INSTRUCT:
         return _instruct_main(parser, args)
+    if args.key == RAG:
+        return _rag_main(parser, args)
+    if args.key == TRIPLES:
+        return _triples_main(parser, args)
+    if args.key == CODEGEN:
+        return _codegen_main(parser, args)
     if (args.max_steps, args.subset, args.seeds) != (None, None, None):
         parser.error("--max-steps, --subset and --seeds are for the polarity recipes: use --steps")
     recipe = bert_standard_init() if args.key == BERT_STANDARD else RECIPES[args.key]

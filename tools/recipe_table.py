@@ -37,6 +37,11 @@ WHAT = {
                     "int8-base LoRA (3 seeds)",
     "prompt-grid": "prompting SmolLM2 on polarity: template, k, calibration, order, choice grids on validation; "
                    "test once; chain of thought",
+    "rag": "a retrieval assistant: BM25 / MiniLM / hybrid chosen on validation, SmolLM2 answers from "
+           "the passages, a refusal rule (English and Chinese)",
+    "codegen": "SmolLM2 writes HumanEval's 164 functions (greedy and 10 samples each); a sandbox tests them",
+    "triples": "knowledge triples from template sentences with unseen wordings: patterns, a tagger (MiniLM / "
+               "character BiLSTM, 3 seeds), SmolLM2 with JSON (English and Chinese)",
     "instruct": "instruction tuning of SmolLM2 and book-gpt on a five-task mixture, LoRA and full (3 seeds)",
 }
 
@@ -90,6 +95,13 @@ def _row(key: str) -> tuple[str, str, str] | None:
             f"{t} {instruct.MAIN_METRIC[t]} {s['base'][t][instruct.MAIN_METRIC[t]]:.3f} -> "
             f"{s['lora'][t][instruct.MAIN_METRIC[t]]['mean']:.3f} (LoRA)" for t in s["base"])
         return f"{seconds / 60:.0f}", r["device"], line
+    if key in ("rag", "codegen", "triples"):
+        from importlib import import_module
+
+        module = import_module(f"companion.{key}")
+        r = module.shipped_results(folder)
+        seconds = r["compute_seconds"] if key == "codegen" else r["wall_seconds"]  # codegen resumes parts
+        return f"{seconds / 60:.0f}", r["device"], module.headline(r).replace("\n", "; ")
     if key == "reviews-zh":
         from companion import reviews
 
@@ -134,7 +146,8 @@ def table() -> str:
     """The markdown table of every recipe (those not shipped yet say so)."""
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *tagging.RECIPE_KEYS,
-            "reviews-zh", "neural-lm-zh", "peft-compare", "prompt-grid", "instruct"]
+            "reviews-zh", "neural-lm-zh", "peft-compare", "prompt-grid", "instruct",
+            "rag", "codegen", "triples"]
     lines = ["| recipe | what | training minutes (sum over runs) | recorded on | headline |",
              "| --- | --- | ---: | --- | --- |"]
     for key in keys:
