@@ -35,6 +35,7 @@ KEY = "codegen"
 SMOL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")  # Chen et al. (2021)
 MAX_NEW_TOKENS = 300
+SAMPLE_NEW_TOKENS = 200  # the greedy answers that pass are far shorter; rambling ones fail anyway
 SAMPLES = 10
 TEMPERATURE, TOP_P = 0.8, 0.95
 CHAT_REQUEST = "Complete this Python function. Reply with the code only.\n\n```python\n{prompt}```"
@@ -134,38 +135,58 @@ def standard_error(passed: Sequence[Sequence[bool]]) -> float:
     return float(shares.std(ddof=1) / np.sqrt(len(shares)))
 
 
+def _generated(out: Path, name: str, problems: Sequence[dict], settings: dict, make) -> float:
+    """Write samples-`name`.jsonl with `make()` unless a finished part with the same `settings`
+    is there (an interrupted run resumes); the generation's seconds, measured when it ran."""
+    part, samples = out / f".part-{name}.json", out / f"samples-{name}.jsonl"
+    if part.exists() and samples.exists():
+        done = json.loads(part.read_text(encoding="utf-8"))
+        if done["settings"] == settings and done["problems"] == [p["task_id"] for p in problems]:
+            return done["generate_seconds"]
+    start = time.perf_counter()
+    completions = make()
+    seconds = round(time.perf_counter() - start, 1)
+    _write_samples(samples, problems, completions)
+    part.write_text(json.dumps({"settings": settings, "problems": [p["task_id"] for p in problems],
+                                "generate_seconds": seconds}) + "\n", encoding="utf-8")
+    return seconds
+
+
 def run_recipe(out: Path, *, subset: int | None = None, samples: int = SAMPLES,
-               max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> dict:
-    """Greedy completion and chat answers, `samples` sampled chat answers, all tested; writes `out`."""
+               max_new_tokens: int = MAX_NEW_TOKENS, sample_new_tokens: int = SAMPLE_NEW_TOKENS,
+               progress: bool = True) -> dict:
+    """Greedy completion and chat answers, `samples` sampled chat answers, all tested; writes `out`.
+    Each finished part is kept, so a rerun into the same folder resumes where it stopped."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from companion.resources import sha256
 
+    wall = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     problems = load_humaneval()[:subset]
     tokenizer = AutoTokenizer.from_pretrained(SMOL)
     model = AutoModelForCausalLM.from_pretrained(SMOL, dtype=torch.float32).eval()
-    runs, seconds = {}, {}
+    runs = {}
     chats = [chat_prompt(tokenizer, p) for p in problems]
-    ask = dict(max_new_tokens=max_new_tokens, progress=progress)
     plans = {
-        "completion": lambda: [[truncate(t[0])] for t in generate(
-            model, tokenizer, [p["prompt"] for p in problems], **ask)],
-        "chat": lambda: [[code_of_reply(t[0])] for t in generate(model, tokenizer, chats, stops=("```",), **ask)],
-        "chat-sampled": lambda: [[code_of_reply(x) for x in t] for t in generate(
-            model, tokenizer, chats, stops=("```",), sample=True, n=samples, **ask)],
+        "completion": ({"max_new_tokens": max_new_tokens}, lambda: [[truncate(t[0])] for t in generate(
+            model, tokenizer, [p["prompt"] for p in problems], max_new_tokens=max_new_tokens,
+            progress=progress)]),
+        "chat": ({"max_new_tokens": max_new_tokens}, lambda: [[code_of_reply(t[0])] for t in generate(
+            model, tokenizer, chats, stops=("```",), max_new_tokens=max_new_tokens, progress=progress)]),
+        "chat-sampled": ({"max_new_tokens": sample_new_tokens, "samples": samples},
+                         lambda: [[code_of_reply(x) for x in t] for t in generate(
+                             model, tokenizer, chats, stops=("```",), sample=True, n=samples,
+                             batch_size=2 * samples, max_new_tokens=sample_new_tokens, progress=progress)]),
     }
-    for name, make in plans.items():
-        start = time.perf_counter()
-        completions = make()
-        seconds[name] = round(time.perf_counter() - start, 1)
-        _write_samples(out / f"samples-{name}.jsonl", problems, completions)
+    for name, (settings, make) in plans.items():
+        seconds = _generated(out, name, problems, settings, make)
         scored = score_samples(problems, read_samples(out / f"samples-{name}.jsonl"), progress=progress)
         passed = [[s == "passed" for s in v] for v in scored["statuses"].values()]
         runs[name] = {**scored, "passed_problems": int(sum(any(p) for p in passed)),
                       "pass_at_1_standard_error": round(standard_error(passed), 6),
-                      "generate_seconds": seconds[name]}
+                      "generate_seconds": seconds, **settings}
         print(f"{name}: pass@k {runs[name]['pass_at']}")
     canonical = score_samples(problems, {p["task_id"]: [p["canonical_solution"]] for p in problems})
     results = {
@@ -174,9 +195,10 @@ def run_recipe(out: Path, *, subset: int | None = None, samples: int = SAMPLES,
                      "chat": "greedy, chat template, reply prefilled with a code fence, cut at the closing fence",
                      "chat-sampled": f"{samples} samples per problem, temperature {TEMPERATURE}, top-p {TOP_P}, "
                                      "otherwise as chat",
-                     "max_new_tokens": max_new_tokens},
+                     "max_new_tokens": {name: settings["max_new_tokens"] for name, (settings, _) in plans.items()}},
         "canonical_passed": sum(s == ["passed"] for s in canonical["statuses"].values()),
-        "runs": runs, "compute_seconds": round(sum(seconds.values()), 1),
+        "runs": runs, "compute_seconds": round(sum(r["generate_seconds"] for r in runs.values()), 1),
+        "wall_seconds": round(time.perf_counter() - wall, 1),
         "artifacts": {f"samples-{n}.jsonl": sha256(out / f"samples-{n}.jsonl") for n in plans},
         **environment(),
     }

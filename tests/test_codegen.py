@@ -63,7 +63,8 @@ def test_sampling_is_seeded(smol):
 
 
 def test_the_recipe_writes_human_eval_samples_and_scores_them(tmp_path):
-    results = codegen.run_recipe(tmp_path, subset=2, samples=2, max_new_tokens=16, progress=False)
+    results = codegen.run_recipe(tmp_path, subset=2, samples=2, max_new_tokens=16, sample_new_tokens=12,
+                                 progress=False)
     assert results["problems"] == 2 and results["canonical_passed"] == 2
     samples = codegen.read_samples(tmp_path / "samples-chat-sampled.jsonl")
     assert list(samples) == ["HumanEval/0", "HumanEval/1"] and all(len(v) == 2 for v in samples.values())
@@ -78,3 +79,15 @@ def test_the_recipe_writes_human_eval_samples_and_scores_them(tmp_path):
     problems = codeeval.load_humaneval()[:2]
     again = codegen.score_samples(problems, codegen.read_samples(tmp_path / "samples-chat.jsonl"))
     assert again["statuses"] == results["runs"]["chat"]["statuses"]
+    assert [r["max_new_tokens"] for r in results["runs"].values()] == [16, 16, 12]
+    # a rerun into the same folder resumes: every part is reused, nothing is generated again
+    def refuse(*args, **kwargs):
+        raise AssertionError("generated again")
+
+    original, codegen.generate = codegen.generate, refuse
+    try:
+        again = codegen.run_recipe(tmp_path, subset=2, samples=2, max_new_tokens=16, sample_new_tokens=12,
+                                   progress=False)
+    finally:
+        codegen.generate = original
+    assert again["runs"] == results["runs"] and again["artifacts"] == results["artifacts"]
