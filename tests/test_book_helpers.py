@@ -98,3 +98,16 @@ def test_check_accepts_numpy_and_torch_booleans(monkeypatch):
     companion.check(torch.tensor(0.5) < 1, "a one-element tensor comparison")
     with pytest.raises(AssertionError, match="a tensor claim"):
         companion.check(torch.tensor(1.5) < 1, "a tensor claim")
+
+
+def test_the_sanitize_file_masks_tqdm_times_and_the_padding_after_them():
+    rules = re.findall(r"^regex: (.+)\nreplace: (.*)$", SANITIZE.read_text(encoding="utf-8"), re.MULTILINE)
+
+    def masked(text):
+        for pattern, replacement in rules:
+            text = re.sub(pattern, replacement, text)
+        return text
+
+    short = "embed_std 1: 100%|##| 800/800 [00:45<00:00, 17.61it/s]\n"
+    padded = "embed_std 1: 100%|##| 800/800 [01:02<00:00, 12.8it/s]  \n"
+    assert masked(short) == masked(padded) == "embed_std 1: 100%|##| 800/800 [TIME]\n"
