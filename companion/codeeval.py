@@ -40,6 +40,7 @@ import os, resource, sys
 for limit, value in ((resource.RLIMIT_AS, int(sys.argv[1])), (resource.RLIMIT_FSIZE, int(sys.argv[2])),
                      (resource.RLIMIT_CORE, 0)):
     resource.setrlimit(limit, (value, value))
+REPORT, REPORTED = int(sys.argv[3]), []  # a pipe to the parent: the first refusal, even if caught
 del sys.argv[1:]
 FOLDER = os.path.realpath(os.getcwd())
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
@@ -55,16 +56,25 @@ def inside(path):
     path = os.fsdecode(path)
     return os.path.realpath(os.path.join(FOLDER, path)).startswith(FOLDER + os.sep)
 
+def refuse(message):
+    if not REPORTED:
+        REPORTED.append(message)
+        try:
+            os.write(REPORT, message.encode("utf-8", "replace")[:1000])
+        except OSError:  # the program closed the pipe
+            pass
+    raise PermissionError(message)
+
 def hook(event, args):
     if event.startswith(REFUSED) and event not in ("socket.gethostname", "socket.getservbyname"):
-        raise PermissionError(f"sandbox refused {event}")
+        refuse(f"sandbox refused {event}")
     if event == "open" and len(args) >= 3:
         path, mode, flags = args[0], args[1] or "", args[2] or 0
         writes = bool(flags & WRITE_FLAGS) or any(c in mode for c in "wax+")
         if writes and path is not None and not inside(path):
-            raise PermissionError(f"sandbox refused writing {path!r} outside its folder")
+            refuse(f"sandbox refused writing {path!r} outside its folder")
     if event in CHANGES and not all(inside(a) for a in args if isinstance(a, (str, bytes))):
-        raise PermissionError(f"sandbox refused {event} outside its folder")
+        refuse(f"sandbox refused {event} outside its folder")
 
 sys.addaudithook(hook)
 del hook
@@ -113,23 +123,33 @@ def run_sandboxed(program: str, *, timeout: float = 5.0, memory_mb: int = 512,
         env = {"PATH": "/usr/bin:/bin", "HOME": folder, "TMPDIR": folder, "PYTHONHASHSEED": "0",
                "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
         start = time.perf_counter()
-        command = [sys.executable, "-I", "-S", "-c", _PRELUDE, str(memory_mb << 20), str(file_mb << 20)]
-        child = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        report, report_w = os.pipe()
+        command = [sys.executable, "-I", "-S", "-c", _PRELUDE, str(memory_mb << 20), str(file_mb << 20),
+                   str(report_w)]
         try:
-            _, err = child.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.communicate()
-            return Outcome("timeout", f"killed after {timeout:g} s", time.perf_counter() - start)
-        seconds = time.perf_counter() - start
+            child = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True, pass_fds=(report_w,))
+        finally:
+            os.close(report_w)  # the child holds its own copy
+        try:
+            try:
+                _, err = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.communicate()
+                return Outcome("timeout", f"killed after {timeout:g} s", time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            refusal = os.read(report, 1000).decode("utf-8", "replace")  # the child has exited
+        finally:
+            os.close(report)
     detail = _last_line(err.decode("utf-8", "replace"))
     if child.returncode == 0:
         return Outcome("passed", "", seconds)
     if detail.startswith("MemoryError"):
         return Outcome("memory", detail, seconds)
-    if BLOCKED in detail:  # also when the program wrapped the refusal in its own error
-        return Outcome("blocked", detail, seconds)
+    if refusal:  # also when the program caught the refusal and failed in another way
+        return Outcome("blocked", detail if BLOCKED in detail else f"{refusal}; then {detail}", seconds)
     if child.returncode < 0:
         detail = detail or f"killed by signal {-child.returncode}"
     return Outcome("failed", detail or f"exit status {child.returncode}", seconds)

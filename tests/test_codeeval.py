@@ -105,3 +105,14 @@ def test_pass_at_k_special_cases():
             codeeval.pass_at_k(*bad)
     with pytest.raises(ValueError):
         codeeval.mean_pass_at_k([], k=1)
+
+
+def test_a_refusal_the_program_catches_is_still_reported():
+    program = ("import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\n"
+               "except PermissionError:\n    pass\nraise ValueError('gave up')")
+    outcome = codeeval.run_sandboxed(program)
+    assert outcome.status == "blocked", outcome
+    assert outcome.detail.startswith("sandbox refused socket.") and "ValueError: gave up" in outcome.detail
+    # a message that only mentions the sandbox is an ordinary failure
+    fake = codeeval.run_sandboxed("raise RuntimeError('sandbox refused nothing')")
+    assert fake.status == "failed", fake
