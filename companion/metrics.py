@@ -176,3 +176,46 @@ def mean_std(values: Sequence[float], *, digits: int = 4) -> str:
     if values.size == 1:
         return f"{values[0]:.{digits}f}"
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+# ----------------------------------------------------------------------------- generated text
+
+def _words(text: str | Sequence[str]) -> list[str]:
+    """A text split on whitespace, or a list of tokens as it is."""
+    if isinstance(text, str):
+        return text.split()
+    if not all(isinstance(t, (str, int)) for t in text):
+        raise TypeError("give a string or a list of tokens (strings or ids)")
+    return list(text)
+
+
+def _ngrams(words: Sequence, n: int) -> list[tuple]:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def distinct_n(texts: Sequence[str | Sequence[str]], n: int) -> float:
+    """Distinct-n (Li et al., 2016): distinct n-grams over all n-grams of all `texts` (0 if none).
+
+    1.0 means no n-gram occurs twice across the outputs; low values mean the outputs repeat
+    themselves or each other. Strings are split on whitespace.
+
+    >>> round(distinct_n(["the cat sat", "the cat ran"], 1), 3)   # 4 distinct of 6 words
+    0.667
+    """
+    if isinstance(texts, str):
+        raise TypeError("give a list of texts, not one string")
+    grams = [g for text in texts for g in _ngrams(_words(text), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(text: str | Sequence[str], n: int = 4) -> float:
+    """Share of the n-grams of one output that repeat an earlier n-gram of it (Welleck et al.,
+    2020, seq-rep-n: 1 - distinct/total); 0.0 for an output shorter than n.
+
+    >>> round(repetition_rate("I like it . I like it . I like it .", n=4), 3)  # 5 of 9 seen before
+    0.556
+    """
+    grams = _ngrams(_words(text), n)
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0

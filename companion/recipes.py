@@ -69,6 +69,8 @@ INSTRUCT = "instruct"  # companion.instruct: instruction tuning of SmolLM2 and b
 RAG = "rag"  # companion.rag: an assistant that retrieves before it answers, English and Chinese
 TRIPLES = "triples"  # companion.triples: knowledge triples by patterns, a tagger and SmolLM2
 CODEGEN = "codegen"  # companion.codegen: SmolLM2 writes HumanEval's functions; the sandbox tests them
+DISTILL = "distill"  # companion.distill: the polarity MiniLM distilled into 2-layer students
+PRUNE = "prune-recover"  # companion.prune: pruned polarity MiniLMs, recovered by a short fine-tune
 PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
@@ -728,6 +730,20 @@ def _triples_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return _run_one_thread(args, lambda out: run_recipe(out, seeds=seeds), headline)
 
 
+def _compression_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for distill (companion.distill) and prune-recover (companion.prune): 3 seeds,
+    runs/KEY (or --out), one thread; --subset N (sentences per split) and --seeds for a quick look."""
+    from importlib import import_module
+
+    module = import_module("companion.distill" if args.key == DISTILL else "companion.prune")
+    if (args.steps, args.max_steps) != (None, None):
+        parser.error(f"{args.key} trains whole epochs: use --subset N and --seeds for a quick look")
+    _check_recipe_args(parser, args, "trains whole epochs")
+    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
+    return _run_one_thread(args, lambda out: module.run_recipe(out, seeds=seeds, subset=args.subset),
+                           module.headline)
+
+
 def bert_standard_init() -> Recipe:
     """book-bert with BERT's standard initialisation, evaluated every 100 steps (no local init)."""
     return replace(RECIPES["book-bert"], key=BERT_STANDARD, local_init=False, eval_every=100)
@@ -740,7 +756,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
                         + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, "prompt-grid", INSTRUCT,
-                                    RAG, CODEGEN, TRIPLES])
+                                    RAG, CODEGEN, TRIPLES, DISTILL, PRUNE])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert, book-gpt-choice)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")
@@ -779,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
         return _triples_main(parser, args)
     if args.key == CODEGEN:
         return _codegen_main(parser, args)
+    if args.key in (DISTILL, PRUNE):
+        return _compression_main(parser, args)
     if (args.max_steps, args.subset, args.seeds) != (None, None, None):
         parser.error("--max-steps, --subset and --seeds are for the polarity recipes: use --steps")
     recipe = bert_standard_init() if args.key == BERT_STANDARD else RECIPES[args.key]

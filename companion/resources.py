@@ -528,6 +528,18 @@ def data_file(key: str, name: str | None = None) -> Path:
     return path
 
 
+def source_file(key: str, name: str | None = None) -> Path:
+    """The verified path of a file as a resource's archive delivered it: a dataset's data file, or
+    the file a converted model was built from (SmolLM2's GGUF)."""
+    resource = _get(key)
+    if resource.kind == "checkpoint":
+        raise ValueError(f"{key!r} is a checkpoint shipped with the book: use model_dir({key!r})")
+    name = _file_name(resource, name)
+    path = _member_path(name)
+    _check_file(resource, path, resource.files[name], full=True)
+    return path
+
+
 # ----------------------------------------------------------------------------- fetching archives
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"

@@ -9,6 +9,12 @@ cache, cut back after each round to the tokens that were kept.
 
 `layer_draft(model, n)` makes a draft with no training: the first `n` layers of the target with its
 own final norm and output head (self-speculation with early exit, as in LayerSkip).
+`PromptLookup` is a draft with no model at all (Saxena, 2023): it finds the last few tokens
+earlier in the sequence and proposes what followed them there, which is often right when the
+answer copies the prompt (editing, summarising, quoting a retrieved passage)::
+
+    >>> PromptLookup(max_ngram=2).propose([5, 6, 7, 8, 9, 1, 6, 7], 3)
+    [8, 9, 1]
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ class SpeculativeStats:
     accepted: int = 0
     target_calls: int = 0
     new_tokens: int = 0
-    accepted_per_round: list[int] = field(default_factory=list)
+    accepted_per_round: list[int] = field(default_factory=list)  # rounds that had a proposal
+    empty_rounds: int = 0  # rounds without a proposal (a lookup draft that found no match)
 
     @property
     def acceptance_rate(self) -> float:
@@ -54,6 +61,29 @@ def layer_draft(model, n_layers: int):
     return draft.eval()
 
 
+@dataclass
+class PromptLookup:
+    """A draft that copies: the continuation of the earliest earlier match of the sequence's last
+    `max_ngram` tokens (then `max_ngram - 1`, ... down to `min_ngram`), as in transformers'
+    `prompt_lookup_num_tokens`; no proposal when nothing matches."""
+
+    max_ngram: int = 3
+    min_ngram: int = 1
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ngram <= self.max_ngram:
+            raise ValueError(f"need 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
+
+    def propose(self, seq: list[int], steps: int) -> list[int]:
+        """Up to `steps` tokens that followed an earlier occurrence of the end of `seq`."""
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            tail = seq[-n:]
+            for start in range(len(seq) - n):  # earlier windows only: the tail itself is excluded
+                if seq[start:start + n] == tail:
+                    return seq[start + n:start + n + steps]
+        return []
+
+
 def _feed(model, cache, tokens: torch.Tensor) -> torch.Tensor:
     """Run `tokens` (1, n) through `model` after what its cache holds; the logits (n, vocab)."""
     return model(input_ids=tokens, cache=cache, use_cache=True).logits[0]
@@ -64,8 +94,11 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
                          eos_token_id: int | None = None) -> tuple[torch.Tensor, SpeculativeStats]:
     """Greedy decoding of `target` sped up by `draft` (same tokenizer); one sequence (1, T).
 
-    Returns the prompt followed by at most `max_new_tokens` tokens (stopping after eos), exactly
-    as `target.generate(input_ids, do_sample=False)` would, and the statistics of the drafts.
+    `draft` is a model (it drafts greedily through its own KV cache) or an object with a
+    `propose(seq, steps)` method such as `PromptLookup`; a round without a proposal is one
+    ordinary greedy step of the target. Returns the prompt followed by at most `max_new_tokens`
+    tokens (stopping after eos), exactly as `target.generate(input_ids, do_sample=False)` would,
+    and the statistics of the drafts.
     """
     from transformers import DynamicCache
 
@@ -73,8 +106,10 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
         raise ValueError(f"input_ids must be one sequence of shape (1, T), got {tuple(input_ids.shape)}")
     if k < 1 or max_new_tokens < 1:
         raise ValueError(f"k and max_new_tokens must be >= 1, got k={k}, max_new_tokens={max_new_tokens}")
+    lookup = hasattr(draft, "propose")
     target.eval()
-    draft.eval()
+    if not lookup:
+        draft.eval()
     seq = input_ids[0].tolist()
     prompt = len(seq)
     caches = {"target": DynamicCache(), "draft": DynamicCache()}
@@ -93,15 +128,20 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
     while len(seq) - prompt < max_new_tokens:
         room = max_new_tokens - (len(seq) - prompt)
         steps = min(k, room)
-        # the draft proposes `steps` tokens, greedily, one at a time
-        proposal: list[int] = []
-        logits = feed("draft", draft, seq[held["draft"]:])
-        for _ in range(steps):
-            proposal.append(int(logits[-1].argmax()))
-            if len(proposal) < steps and proposal[-1] != eos_token_id:
-                logits = feed("draft", draft, proposal[-1:])
-            else:
-                break
+        # the draft proposes up to `steps` tokens (a model: greedily, one at a time)
+        if lookup:
+            proposal = list(draft.propose(seq, steps))[:steps]
+            if eos_token_id in proposal:
+                proposal = proposal[: proposal.index(eos_token_id) + 1]
+        else:
+            proposal = []
+            logits = feed("draft", draft, seq[held["draft"]:])
+            for _ in range(steps):
+                proposal.append(int(logits[-1].argmax()))
+                if len(proposal) < steps and proposal[-1] != eos_token_id:
+                    logits = feed("draft", draft, proposal[-1:])
+                else:
+                    break
         # the target reads the pending tokens and the whole proposal in one pass
         pending = seq[held["target"]:]
         logits = feed("target", target, pending + proposal)
@@ -113,7 +153,10 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, max_new_tokens:
         new = proposal[:accepted] + [choices[accepted]]
         stats.drafted += len(proposal)
         stats.accepted += accepted
-        stats.accepted_per_round.append(accepted)
+        if proposal:
+            stats.accepted_per_round.append(accepted)
+        else:
+            stats.empty_rounds += 1
         if eos_token_id is not None and eos_token_id in new:
             new = new[: new.index(eos_token_id) + 1]
         new = new[:room]

@@ -210,3 +210,48 @@ def test_mean_std():
     assert mean_std([0.8123]) == "0.8123"  # one run has no spread to report
     with pytest.raises(ValueError, match="non-empty"):
         mean_std([])
+
+
+# --- distinct_n, repetition_rate ---------------------------------------------------------------
+
+def test_distinct_n_by_hand():
+    from companion.metrics import distinct_n
+
+    texts = ["the cat sat", "the cat ran"]
+    assert distinct_n(texts, 1) == 4 / 6
+    assert distinct_n(texts, 2) == 3 / 4  # (the, cat) twice
+    assert distinct_n(texts, 3) == 1.0
+    assert distinct_n(texts, 4) == 0.0  # no 4-grams at all
+    assert distinct_n([["a", "b"], ["a", "b"]], 2) == 0.5  # token lists work too
+    assert distinct_n([[1, 2, 1, 2]], 2) == 2 / 3
+
+
+def test_distinct_n_matches_a_brute_force_count():
+    from companion.metrics import distinct_n
+
+    rng = random.Random(0)
+    for _ in range(20):
+        texts = [" ".join(rng.choice("abc") for _ in range(rng.randint(0, 8))) for _ in range(3)]
+        grams = [tuple(t.split()[i:i + 2]) for t in texts for i in range(len(t.split()) - 1)]
+        assert distinct_n(texts, 2) == (len(set(grams)) / len(grams) if grams else 0.0)
+
+
+def test_repetition_rate():
+    from companion.metrics import repetition_rate
+
+    assert repetition_rate("a b c d e", n=2) == 0.0
+    assert repetition_rate("a a a a a", n=1) == 0.8  # four of five words repeat the first
+    assert repetition_rate("a b a b a b", n=2) == 1 - 2 / 5
+    assert repetition_rate("short", n=4) == 0.0
+    assert repetition_rate("", n=1) == 0.0
+
+
+def test_bad_input_for_text_metrics():
+    from companion.metrics import distinct_n, repetition_rate
+
+    with pytest.raises(ValueError, match="n must be"):
+        distinct_n(["a b"], 0)
+    with pytest.raises(TypeError, match="list of texts"):
+        distinct_n("a b c", 1)
+    with pytest.raises(TypeError, match="string or a list"):
+        repetition_rate([1.5, 2.5], n=1)

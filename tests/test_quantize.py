@@ -93,3 +93,109 @@ def test_fake_quantization_of_a_model_and_bad_input():
         Q.quantize(before, 8, granularity="row")
     with pytest.raises(ValueError, match="empty"):
         Q.quantize(torch.zeros(0), 8)
+
+
+def _unpack_q4_0(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GGUF Q4_0 blocks (18 bytes: a float16 scale, 16 bytes of two 4-bit values) -> scales, -8..7 ints."""
+    rows = packed.reshape(-1, 18)
+    scale = rows[:, :2].copy().view(np.float16)
+    nibbles = rows[:, 2:]
+    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=1).astype(np.int8) - 8  # low nibbles first
+    return scale, q
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_q4_0_gives_ggufs_bytes(seed):
+    from gguf import GGMLQuantizationType, quants
+
+    w = torch.randn(6, 128, generator=torch.Generator().manual_seed(seed)) * 0.05
+    w[0, :32] = torch.linspace(-1, 1, 32)  # halves: x.5 steps, where rounding conventions differ
+    w[1, 32:64] = 0.0  # an all-zero block
+    packed = quants.quantize(w.numpy(), GGMLQuantizationType.Q4_0)
+    scale, q = _unpack_q4_0(packed)
+    ours = Q.quantize_q4_0(w)
+    assert np.array_equal(scale, ours.scale.numpy()) and np.array_equal(q, ours.q.numpy())
+    back = quants.dequantize(packed, GGMLQuantizationType.Q4_0)
+    assert np.array_equal(back, Q.dequantize(ours).numpy())
+    # the weight of largest magnitude of each block is exact up to float16: it sits on level -8
+    nonzero = ours.scale.ravel() != 0
+    assert torch.all(ours.q[nonzero].min(dim=1).values == -8)
+
+
+def test_q4_0_and_q8_0_gguf_file_round_trip_equals_ours(tmp_path):
+    from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, quants
+
+    w = torch.randn(16, 96, generator=torch.Generator().manual_seed(4)) * 0.02
+    path = tmp_path / "two.gguf"
+    writer = GGUFWriter(path, "llama")
+    for qtype in (GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_0):
+        writer.add_tensor(qtype.name, quants.quantize(w.numpy(), qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    tensors = {t.name: t for t in GGUFReader(path).tensors}
+    assert tensors["Q4_0"].shape.tolist() == [96, 16]  # GGUF lists the dimensions innermost first
+    q8 = quants.dequantize(tensors["Q8_0"].data, GGMLQuantizationType.Q8_0)
+    q4 = quants.dequantize(tensors["Q4_0"].data, GGMLQuantizationType.Q4_0)
+    ours8 = Q.quantize(w, 8, granularity="group", group_size=32, scale_dtype=torch.float16)
+    assert np.array_equal(q8.reshape(w.shape), Q.dequantize(ours8).numpy())
+    assert np.array_equal(q4.reshape(w.shape), Q.dequantize(Q.quantize_q4_0(w)).numpy())
+    assert tensors["Q4_0"].n_bytes == Q.quantize_q4_0(w).nbytes() == 16 * 96 // 32 * 18
+    assert tensors["Q8_0"].n_bytes == ours8.nbytes() == 16 * 96 // 32 * 34
+
+
+def _layer_problem(seed: int = 0, rows: int = 48, cols: int = 128, tokens: int = 512):
+    gen = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(cols, cols, generator=gen) / cols**0.5  # correlated inputs, as in a network
+    x = torch.randn(tokens, cols, generator=gen) @ mixing
+    x[:, 3] *= 10  # one loud input feature
+    return torch.randn(rows, cols, generator=gen) * 0.1, x
+
+
+@pytest.mark.parametrize("granularity,bits", [("channel", 4), ("group", 4), ("channel", 3), ("group", 2)])
+def test_gptq_beats_round_to_nearest_on_the_layer_output(granularity, bits):
+    w, x = _layer_problem()
+    options = dict(granularity=granularity, group_size=32)
+    gptq = Q.dequantize(Q.gptq_quantize(w, x.T @ x, bits, block_size=64, **options))
+    rtn = Q.dequantize(Q.quantize(w, bits, **options))
+    error = {name: float((x @ w.T - x @ v.T).norm()) for name, v in [("gptq", gptq), ("rtn", rtn)]}
+    assert error["gptq"] < 0.9 * error["rtn"], error
+    # GPTQ stays on a grid: at most 2^bits - 1 levels a group
+    groups = gptq.reshape(-1, 32) if granularity == "group" else gptq
+    assert max(len(g.unique()) for g in groups) <= 2**bits - 1
+
+
+@pytest.mark.parametrize("granularity", ["channel", "group"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_with_an_identity_hessian_is_round_to_nearest(granularity, symmetric):
+    w, _ = _layer_problem(1)
+    options = dict(granularity=granularity, group_size=32, symmetric=symmetric)
+    gptq = Q.gptq_quantize(w, torch.eye(w.shape[1]), 4, block_size=64, **options)
+    rtn = Q.quantize(w, 4, **options)
+    assert torch.equal(gptq.q, rtn.q.to(gptq.q.dtype)) and torch.equal(gptq.scale, rtn.scale)
+    assert torch.equal(Q.dequantize(gptq), Q.dequantize(rtn))
+
+
+def test_gptq_on_a_model_block_by_block_and_bad_input():
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(50, 32)
+    blocks = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(),
+                                                      torch.nn.Linear(64, 32)) for _ in range(2)])
+    model = torch.nn.Sequential(embed, *blocks)
+    batches = [torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    hessians = Q.input_hessians(model, batches, {"1.0": blocks[0][0]}, stop_after=blocks[0])
+    x = embed(torch.cat(batches).reshape(-1)).detach()
+    assert torch.allclose(hessians["1.0"], x.T @ x, atol=1e-4)
+    for sequential in (True, False):
+        result = Q.gptq_model_(model, batches, list(blocks), 4, sequential=sequential, granularity="group",
+                               group_size=32, block_size=32)
+        assert sorted(result) == ["1.0", "1.2", "2.0", "2.2"]
+        assert torch.equal(blocks[1][2].weight, Q.dequantize(result["2.2"]))
+    w, x = _layer_problem()
+    with pytest.raises(ValueError, match="hessian must be"):
+        Q.gptq_quantize(w, torch.eye(5))
+    with pytest.raises(ValueError, match="per channel or per group"):
+        Q.gptq_quantize(w, torch.eye(128), granularity="tensor")
+    with pytest.raises(ValueError, match="group_size"):
+        Q.gptq_quantize(w, torch.eye(128), granularity="group", group_size=48)

@@ -382,7 +382,8 @@ def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
     assert check.returncode == 0, check.stdout + check.stderr
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
-            recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES]
+            recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
+            recipes.DISTILL, recipes.PRUNE]
     for key in keys:
         assert f"| `{key}` |" in (root / "README.md").read_text()
 
@@ -394,7 +395,8 @@ def test_make_reproduce_reruns_every_recipe():
     listed = re.search(r"^RECIPES := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
-            recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES]
+            recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
+            recipes.DISTILL, recipes.PRUNE]
     assert sorted(listed) == sorted(keys)
 
 
@@ -525,6 +527,30 @@ def test_the_generation_recipes_run_on_one_thread_with_a_subset(key, module, tmp
     assert calls == [(Path("runs") / key, expected)]
     assert "headline" in capsys.readouterr().out
     for argv in ([key, "--steps", "2"], [key, "--seeds", "0"], [key, "--replace-shipped", "--subset", "3"]):
+        with pytest.raises(SystemExit):
+            recipes.main(argv)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("key, module", [(recipes.DISTILL, "distill"), (recipes.PRUNE, "prune")])
+def test_the_compression_recipes_run_on_one_thread_with_seeds_and_a_subset(key, module, tmp_path,
+                                                                          monkeypatch, capsys):
+    import importlib
+
+    calls = []
+
+    def run_recipe(out, **kw):
+        calls.append((Path(out), kw))
+        return {"wall_seconds": 1.0, "device": "cpu"}
+
+    target = importlib.import_module(f"companion.{module}")
+    monkeypatch.setattr(target, "run_recipe", run_recipe)
+    monkeypatch.setattr(target, "headline", lambda r: "headline")
+    monkeypatch.chdir(tmp_path)
+    assert recipes.main([key, "--subset", "8", "--seeds", "0"]) == 0
+    assert calls == [(Path("runs") / key, {"seeds": (0,), "subset": 8})]
+    assert "headline" in capsys.readouterr().out
+    for argv in ([key, "--steps", "2"], [key, "--max-steps", "2"]):
         with pytest.raises(SystemExit):
             recipes.main(argv)
     assert len(calls) == 1

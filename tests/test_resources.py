@@ -509,3 +509,17 @@ def test_a_broken_checkpoint_is_reported_with_its_recipe_and_the_rest_still_inst
         resources.install("book-gpt", "fake-model")
     assert "book-gpt: " in str(error.value) and "python -m companion.recipes book-gpt" in str(error.value)
     resources.check("fake-model", full=True)
+
+
+def test_source_file_is_the_verified_file_a_model_was_converted_from():
+    from companion import resources
+
+    if not resources.is_installed("smollm2"):
+        pytest.skip("smollm2 is not installed")
+    path = resources.source_file("smollm2")
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+    assert resources.source_file("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf") == path
+    with pytest.raises(ValueError, match="checkpoint"):
+        resources.source_file("book-gpt")
+    with pytest.raises(ValueError, match="has no file"):
+        resources.source_file("smollm2", "missing.gguf")

@@ -61,6 +61,56 @@ def test_bad_arguments(tiny):
         S.layer_draft(tiny, 4)
 
 
+def test_prompt_lookup_proposals():
+    look = S.PromptLookup(max_ngram=2)
+    assert look.propose([5, 6, 7, 8, 9, 1, 6, 7], 3) == [8, 9, 1]  # "6 7" matched at position 1
+    assert look.propose([5, 6, 7, 8, 9, 1, 6, 7], 10) == [8, 9, 1, 6, 7]  # up to the end
+    assert look.propose([1, 2, 3, 4], 3) == []  # nothing repeats
+    assert look.propose([1, 2, 9, 3, 2], 2) == [9, 3]  # falls back to one token: "2"
+    assert S.PromptLookup(max_ngram=2, min_ngram=2).propose([1, 2, 9, 3, 2], 2) == []
+    assert look.propose([4, 4, 4], 2) == [4]  # earliest match: "4 4" at 0, then one token
+    assert look.propose([7], 3) == []
+    with pytest.raises(ValueError, match="min_ngram"):
+        S.PromptLookup(max_ngram=1, min_ngram=2)
+
+
+@pytest.mark.parametrize("k", [1, 4, 10])
+def test_prompt_lookup_equal_to_greedy_decoding_on_many_prompts(tiny, k):
+    gen = torch.Generator().manual_seed(10 + k)
+    drafted = 0
+    for _ in range(8):
+        piece = torch.randint(1, 97, (1, int(torch.randint(3, 8, (1,), generator=gen))), generator=gen)
+        ids = torch.cat([piece, torch.randint(1, 97, (1, 2), generator=gen), piece], dim=1)  # repetitive
+        out, stats = S.speculative_generate(tiny, S.PromptLookup(), ids, 24, k=k)
+        assert out.tolist() == greedy(tiny, ids, 24).tolist()
+        assert stats.new_tokens == 24 and 0 <= stats.accepted <= stats.drafted
+        assert stats.target_calls == len(stats.accepted_per_round) + stats.empty_rounds <= 24
+        # each pass keeps its accepted tokens and one of its own (the last pass may be cut short)
+        assert stats.target_calls <= stats.new_tokens <= stats.accepted + stats.target_calls
+        assert all(0 <= a <= k for a in stats.accepted_per_round)
+        drafted += stats.drafted
+    assert drafted > 0  # the repeated prompts did give the draft something to copy
+
+
+def test_prompt_lookup_copies_a_sequence_the_model_repeats(tiny):
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    full = greedy(tiny, ids, 40)  # prompt + the model's own continuation, repeated as the new prompt
+    ids = torch.cat([full, full[:, :5]], dim=1)
+    out, stats = S.speculative_generate(tiny, S.PromptLookup(), ids, 30, k=8)
+    assert out.tolist() == greedy(tiny, ids, 30).tolist()
+    assert stats.accepted >= 15 and stats.tokens_per_target_call > 2
+
+
+def test_prompt_lookup_stops_at_eos(tiny):
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    full = greedy(tiny, ids, 30)[0, 5:].tolist()
+    eos = full[7]
+    prompt = torch.tensor([[3, 1, 4, 1, 5] + full[:10] + [3, 1, 4, 1, 5]])  # the answer is in the prompt
+    want = greedy(tiny, prompt, 30, eos)
+    out, _ = S.speculative_generate(tiny, S.PromptLookup(), prompt, 30, k=6, eos_token_id=eos)
+    assert out.tolist() == want.tolist()
+
+
 def test_smollm2_with_an_early_exit_draft_matches_its_greedy_output():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -76,3 +126,11 @@ def test_smollm2_with_an_early_exit_draft_matches_its_greedy_output():
     assisted = model.generate(ids, assistant_model=draft, do_sample=False, max_new_tokens=24,
                               eos_token_id=tok.eos_token_id, attention_mask=torch.ones_like(ids))
     assert assisted.tolist() == out.tolist()
+    # a prompt-lookup draft on a copying task: same output, many drafted tokens kept
+    text = ("Repeat this sentence exactly: The quick brown fox jumps over the lazy dog near the "
+            "river bank.")
+    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    out, stats = S.speculative_generate(model, S.PromptLookup(), ids, 24, k=8, eos_token_id=tok.eos_token_id)
+    assert out.tolist() == greedy(model, ids, 24, tok.eos_token_id).tolist()
+    assert stats.accepted > 0 and stats.target_calls < stats.new_tokens

@@ -43,6 +43,10 @@ WHAT = {
     "triples": "knowledge triples from template sentences with unseen wordings: patterns, a tagger (MiniLM / "
                "character BiLSTM, 3 seeds), SmolLM2 with JSON (English and Chinese)",
     "instruct": "instruction tuning of SmolLM2 and book-gpt on a five-task mixture, LoRA and full (3 seeds)",
+    "distill": "the polarity MiniLM distilled into 2-layer students: hard labels, soft targets, both "
+               "(temperature chosen on validation; 3 seeds)",
+    "prune-recover": "the polarity MiniLM pruned (20% / 50% of weights, 25% of heads, half the heads and "
+                     "FFN), then a 2-epoch recovery fine-tune (3 seeds)",
 }
 
 
@@ -102,6 +106,12 @@ def _row(key: str) -> tuple[str, str, str] | None:
         r = module.shipped_results(folder)
         seconds = r["compute_seconds"] if key == "codegen" else r["wall_seconds"]  # codegen resumes parts
         return f"{seconds / 60:.0f}", r["device"], module.headline(r).replace("\n", "; ")
+    if key in ("distill", "prune-recover"):
+        from importlib import import_module
+
+        module = import_module("companion.distill" if key == "distill" else "companion.prune")
+        r = recipes.shipped_results(key)
+        return f"{r['wall_seconds'] / 60:.0f}", r["device"], module.headline(r).replace("\n", "; ")
     if key == "reviews-zh":
         from companion import reviews
 
@@ -147,7 +157,7 @@ def table() -> str:
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *tagging.RECIPE_KEYS,
             "reviews-zh", "neural-lm-zh", "peft-compare", "prompt-grid", "instruct",
-            "rag", "codegen", "triples"]
+            "rag", "codegen", "triples", "distill", "prune-recover"]
     lines = ["| recipe | what | training minutes (sum over runs) | recorded on | headline |",
              "| --- | --- | ---: | --- | --- |"]
     for key in keys:
