@@ -188,13 +188,10 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
     """Distil the fine-tuned MiniLM into 2-layer students: hard labels, soft targets, both; the
     temperature of soft and both chosen on validation with the first seed; test scored once per
     variant and seed. Writes results.json and the first seed's students into `out`."""
-    from transformers import AutoTokenizer
-
-    from companion.finetune import MINILM, encode, evaluate
-    from companion.corpora import load_polarity
+    from companion.finetune import evaluate
     from companion.provenance import check_run_arguments, environment, seed_summary
-    from companion.prune import merged_classifier, parameter_count
-    from companion.recipes import RESULTS, shipped_results
+    from companion.prune import merged_classifier, parameter_count, polarity_data
+    from companion.recipes import RESULTS
     from companion.resources import sha256
 
     seeds = check_run_arguments(seeds, None, subset)
@@ -203,15 +200,7 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
         raise ValueError(f"{out} is inside {RESULTS}, where the shipped results live: write elsewhere")
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
-    max_length = shipped_results("polarity-lora")["config"]["max_length"]
-    tokenizer = AutoTokenizer.from_pretrained(MINILM)
-    polarity = load_polarity()
-    data = {}
-    for split in ("train", "validation", "test"):
-        rows = polarity[split]
-        if subset is not None:
-            rows = rows.select(range(min(subset, len(rows))))
-        data[split] = encode(tokenizer, rows["text"], rows["label"], max_length)
+    data = polarity_data(subset)
     teacher = merged_classifier(0)
     teacher_train = logits_of(teacher, data["train"])
     teacher_test = evaluate(teacher, data["test"])

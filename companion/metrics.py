@@ -80,7 +80,8 @@ class EntityScores:
     per_type: pd.DataFrame = field(repr=False)  # index: type; columns: precision, recall, f1, support
 
 
-def _prf(correct: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
+def prf(correct: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
+    """Precision, recall and F1 from counts; 0.0 where a ratio is 0/0 (as seqeval)."""
     # With nothing predicted (or nothing to find) the ratio is 0/0; call it 0.0 like seqeval,
     # so an empty prediction never looks perfect.
     precision = correct / n_pred if n_pred else 0.0
@@ -117,13 +118,13 @@ def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) 
              for name, entities in (("gold", gold_entities), ("pred", pred_entities), ("correct", correct))}
     rows = {}
     for kind in sorted(count["gold"].keys() | count["pred"].keys()):
-        p, r, f = _prf(count["correct"][kind], count["pred"][kind], count["gold"][kind])
+        p, r, f = prf(count["correct"][kind], count["pred"][kind], count["gold"][kind])
         rows[kind] = {"precision": p, "recall": r, "f1": f, "support": count["gold"][kind]}
     per_type = pd.DataFrame.from_dict(rows, orient="index", columns=["precision", "recall", "f1", "support"])
     per_type["support"] = per_type["support"].astype(int)  # an empty table would otherwise be float
     per_type.index.name = "type"
 
-    precision, recall, f1 = _prf(len(correct), len(pred_entities), len(gold_entities))
+    precision, recall, f1 = prf(len(correct), len(pred_entities), len(gold_entities))
     return EntityScores(precision, recall, f1, n_gold=len(gold_entities), n_pred=len(pred_entities),
                         n_correct=len(correct), per_type=per_type)
 

@@ -44,6 +44,26 @@ def merged_classifier(seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def polarity_data(subset: int | None = None) -> dict:
+    """The polarity splits encoded for MiniLM as polarity-lora was trained (the first `subset`
+    sentences of each split, for a quick look)."""
+    from transformers import AutoTokenizer
+
+    from companion.corpora import load_polarity
+    from companion.finetune import MINILM, encode
+    from companion.recipes import shipped_results
+
+    max_length = shipped_results("polarity-lora")["config"]["max_length"]
+    tokenizer = AutoTokenizer.from_pretrained(MINILM)
+    polarity, data = load_polarity(), {}
+    for split in ("train", "validation", "test"):
+        rows = polarity[split]
+        if subset is not None:
+            rows = rows.select(range(min(subset, len(rows))))
+        data[split] = encode(tokenizer, rows["text"], rows["label"], max_length)
+    return data
+
+
 def _layers(model: nn.Module) -> nn.ModuleList:
     """The transformer layers of a MeanPoolClassifier or a bare BERT encoder."""
     encoder = getattr(model, "encoder", model)
@@ -281,12 +301,9 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
     import json
     import time
 
-    from transformers import AutoTokenizer
-
-    from companion.corpora import load_polarity
-    from companion.finetune import MINILM, encode, evaluate
+    from companion.finetune import evaluate
     from companion.provenance import check_run_arguments, environment, seed_summary
-    from companion.recipes import RESULTS, shipped_results
+    from companion.recipes import RESULTS
 
     seeds = check_run_arguments(seeds, None, subset)
     out = Path(out)
@@ -294,14 +311,7 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
         raise ValueError(f"{out} is inside {RESULTS}, where the shipped results live: write elsewhere")
     out.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
-    max_length = shipped_results("polarity-lora")["config"]["max_length"]
-    tokenizer = AutoTokenizer.from_pretrained(MINILM)
-    polarity = load_polarity()
-    data = {}
-    for split in ("train", "validation", "test"):
-        rows = polarity[split] if subset is None else polarity[split].select(
-            range(min(subset, len(polarity[split]))))
-        data[split] = encode(tokenizer, rows["text"], rows["label"], max_length)
+    data = polarity_data(subset)
     teacher = merged_classifier(0)
     dense = {s: evaluate(teacher, data[s]).accuracy for s in ("validation", "test")}
     variants = {}

@@ -358,11 +358,11 @@ class Scores:
 
 
 def _micro(gold: Sequence[set], pred: Sequence[set]) -> Scores:
-    from companion.metrics import _prf
+    from companion.metrics import prf
 
     correct = sum(len(g & p) for g, p in zip(gold, pred))
     n_gold, n_pred = sum(map(len, gold)), sum(map(len, pred))
-    precision, recall, f1 = _prf(correct, n_pred, n_gold)
+    precision, recall, f1 = prf(correct, n_pred, n_gold)
     return Scores(precision, recall, f1, n_gold, n_pred, correct)
 
 

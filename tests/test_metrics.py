@@ -255,3 +255,11 @@ def test_bad_input_for_text_metrics():
         distinct_n("a b c", 1)
     with pytest.raises(TypeError, match="string or a list"):
         repetition_rate([1.5, 2.5], n=1)
+
+
+def test_prf_from_counts_calls_an_empty_ratio_zero():
+    from companion.metrics import prf
+
+    assert prf(2, 4, 8) == (0.5, 0.25, pytest.approx(1 / 3))
+    assert prf(0, 0, 5) == (0.0, 0.0, 0.0)
+    assert prf(0, 3, 0) == (0.0, 0.0, 0.0)

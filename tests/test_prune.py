@@ -205,3 +205,14 @@ def test_recipe_refuses_to_write_into_the_shipped_results():
 
     with pytest.raises(ValueError, match="shipped results"):
         prune.run_recipe(RESULTS / "prune-recover")
+
+
+def test_polarity_data_encodes_each_split_as_polarity_lora_was_trained():
+    from companion.recipes import shipped_results
+
+    data = prune.polarity_data(subset=3)
+    assert sorted(data) == ["test", "train", "validation"]
+    max_length = shipped_results("polarity-lora")["config"]["max_length"]
+    for split in data.values():
+        assert len(split) == 3
+        assert all(len(row["input_ids"]) <= max_length for row in split)
