@@ -191,14 +191,11 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
     from companion.finetune import evaluate
     from companion.provenance import check_run_arguments, environment, seed_summary
     from companion.prune import merged_classifier, parameter_count, polarity_data
-    from companion.recipes import RESULTS
+    from companion.recipes import run_folder
     from companion.resources import sha256
 
     seeds = check_run_arguments(seeds, None, subset)
-    out = Path(out)
-    if out.resolve().is_relative_to(RESULTS.resolve()):
-        raise ValueError(f"{out} is inside {RESULTS}, where the shipped results live: write elsewhere")
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_folder(out)
     wall = time.perf_counter()
     data = polarity_data(subset)
     teacher = merged_classifier(0)

@@ -67,9 +67,9 @@ def _split_tag(tag: str, position: int) -> tuple[str, str]:
     return prefix, kind
 
 
-@dataclass
-class EntityScores:
-    """Micro-averaged entity precision, recall and F1, the counts behind them, and a per-type table."""
+@dataclass(frozen=True)
+class Scores:
+    """Micro-averaged precision, recall and F1 over a corpus, and the counts behind them."""
 
     precision: float
     recall: float
@@ -77,6 +77,12 @@ class EntityScores:
     n_gold: int
     n_pred: int
     n_correct: int
+
+
+@dataclass(frozen=True)
+class EntityScores(Scores):
+    """Micro-averaged entity precision, recall and F1, the counts behind them, and a per-type table."""
+
     per_type: pd.DataFrame = field(repr=False)  # index: type; columns: precision, recall, f1, support
 
 
@@ -88,6 +94,13 @@ def prf(correct: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
     recall = correct / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return precision, recall, f1
+
+
+def micro_scores(gold: Sequence[set], pred: Sequence[set]) -> Scores:
+    """Scores of predicted sets of items (entities, triples) against gold sets, one pair per text."""
+    correct = sum(len(g & p) for g, p in zip(gold, pred, strict=True))
+    n_gold, n_pred = sum(map(len, gold)), sum(map(len, pred))
+    return Scores(*prf(correct, n_pred, n_gold), n_gold, n_pred, correct)
 
 
 def entity_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]]) -> EntityScores:

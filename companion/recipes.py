@@ -242,6 +242,15 @@ def is_shipped_result(path: Path) -> bool:
     return Path(path).resolve().is_relative_to(RESULTS.resolve())
 
 
+def run_folder(out: Path) -> Path:
+    """`out` as a Path, created for a run; a ValueError if it lies inside companion/results."""
+    out = Path(out)
+    if is_shipped_result(out):
+        raise ValueError(f"{out} is inside {RESULTS}, where the shipped results live: write elsewhere")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def install(folder: Path, key: str) -> Path:
     """Replace the shipped checkpoint or results `key` by the run in `folder` (a maintainer's
     explicit step)."""

@@ -768,17 +768,14 @@ def run_char_recipe(out: Path, *, config: CharConfig = PEOPLES_DAILY_NER, max_st
                     task: str = "ner") -> dict:
     """peoples-daily-ner / -cws: a character BiLSTM with softmax and with a CRF on top, over seeds; writes `out`."""
     from companion.corpora import BMES, PEOPLES_DAILY_NER_TAGS
+    from companion.recipes import run_folder
     from companion.resources import sha256
 
     if task not in CHAR_TASKS:
         raise ValueError(f"task must be one of {', '.join(CHAR_TASKS)}, got {task!r}")
     key, metric, description = CHAR_TASKS[task]
     names = PEOPLES_DAILY_NER_TAGS if task == "ner" else BMES
-
-    if Path(out).resolve().is_relative_to(RESULTS.resolve()):
-        raise ValueError(f"{out} is inside {RESULTS}, where the shipped results live: write elsewhere")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_folder(out)
     start = time.perf_counter()
     data = peoples_daily_pieces(config.train_lines, subset, task)
     variants, artifacts = {}, {}

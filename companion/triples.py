@@ -40,6 +40,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from companion.metrics import Scores, micro_scores
+
 KEY = "triples"
 LANGUAGES = ("en", "zh")
 Triple = tuple[str, str, str]
@@ -345,27 +347,6 @@ def normalise_triple(triple: Sequence[str]) -> Triple:
     return normalise(head), normalise_relation(relation), normalise(tail)
 
 
-@dataclass(frozen=True)
-class Scores:
-    """Micro-averaged precision, recall and F1 over a corpus, and the counts behind them."""
-
-    precision: float
-    recall: float
-    f1: float
-    n_gold: int
-    n_pred: int
-    n_correct: int
-
-
-def _micro(gold: Sequence[set], pred: Sequence[set]) -> Scores:
-    from companion.metrics import prf
-
-    correct = sum(len(g & p) for g, p in zip(gold, pred))
-    n_gold, n_pred = sum(map(len, gold)), sum(map(len, pred))
-    precision, recall, f1 = prf(correct, n_pred, n_gold)
-    return Scores(precision, recall, f1, n_gold, n_pred, correct)
-
-
 def _check_corpora(gold: Sequence, pred: Sequence) -> None:
     for name, corpus in (("gold", gold), ("pred", pred)):
         if isinstance(corpus, (str, dict)) or any(isinstance(x, str) for x in corpus):
@@ -379,7 +360,7 @@ def score_triples(gold: Sequence[Iterable[Sequence[str]]], pred: Sequence[Iterab
     """Triple P / R / F1: a predicted triple is correct if the same text's gold has it after `normalise`;
     a triple repeated within one text counts once."""
     _check_corpora(gold, pred)
-    return _micro([{normalise_triple(t) for t in g} for g in gold], [{normalise_triple(t) for t in p} for p in pred])
+    return micro_scores([{normalise_triple(t) for t in g} for g in gold], [{normalise_triple(t) for t in p} for p in pred])
 
 
 def score_entities(gold: Sequence[Iterable[Sequence[str]]], pred: Sequence[Iterable[Sequence[str]]]) -> Scores:
@@ -389,7 +370,7 @@ def score_entities(gold: Sequence[Iterable[Sequence[str]]], pred: Sequence[Itera
     def entities(triples):
         return {x for t in triples for x in (normalise_triple(t)[0], normalise_triple(t)[2])}
 
-    return _micro([entities(g) for g in gold], [entities(p) for p in pred])
+    return micro_scores([entities(g) for g in gold], [entities(p) for p in pred])
 
 
 def scores_dict(gold: Sequence, pred: Sequence) -> dict[str, float]:
@@ -696,14 +677,11 @@ def run_recipe(out: Path, *, config: TriplesConfig = TriplesConfig(), seeds: Seq
     """Pattern baseline, the tagger over `seeds`, and prompted SmolLM2, on English and Chinese; writes `out`."""
     from companion.instruct import load_model
     from companion.provenance import check_run_arguments, environment, seed_summary
-    from companion.recipes import RESULTS
+    from companion.recipes import run_folder
     from companion.resources import sha256
 
     seeds = check_run_arguments(seeds, None, None)
-    out = Path(out)
-    if out.resolve().is_relative_to(RESULTS.resolve()):
-        raise ValueError(f"{out} is inside {RESULTS}, where the shipped results live: write elsewhere")
-    out.mkdir(parents=True, exist_ok=True)
+    out = run_folder(out)
     wall = time.perf_counter()
     sizes = SIZES | (sizes or {})
     model, tokenizer = load_model("smollm2")

@@ -263,3 +263,13 @@ def test_prf_from_counts_calls_an_empty_ratio_zero():
     assert prf(2, 4, 8) == (0.5, 0.25, pytest.approx(1 / 3))
     assert prf(0, 0, 5) == (0.0, 0.0, 0.0)
     assert prf(0, 3, 0) == (0.0, 0.0, 0.0)
+
+
+def test_micro_scores_count_set_items_over_a_corpus():
+    from companion.metrics import micro_scores
+
+    scores = micro_scores([{"a", "b"}, {"c"}], [{"a"}, {"c", "d"}])
+    assert (scores.n_gold, scores.n_pred, scores.n_correct) == (3, 3, 2)
+    assert scores.precision == scores.recall == pytest.approx(2 / 3)
+    with pytest.raises(ValueError):
+        micro_scores([{"a"}], [])

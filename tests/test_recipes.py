@@ -554,3 +554,11 @@ def test_the_compression_recipes_run_on_one_thread_with_seeds_and_a_subset(key, 
         with pytest.raises(SystemExit):
             recipes.main(argv)
     assert len(calls) == 1
+
+
+def test_run_folder_is_created_and_never_inside_the_shipped_results(tmp_path):
+    assert recipes.run_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    with pytest.raises(ValueError, match="where the shipped results live"):
+        recipes.run_folder(recipes.RESULTS / "anything")
+    assert not (recipes.RESULTS / "anything").exists()
