@@ -187,7 +187,8 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
                config: DistillConfig = DistillConfig()) -> dict:
     """Distil the fine-tuned MiniLM into 2-layer students: hard labels, soft targets, both; the
     temperature of soft and both chosen on validation with the first seed; test scored once per
-    variant and seed. Writes results.json and the first seed's students into `out`."""
+    variant and seed. Writes results.json and, of the variant best on validation, the first seed's
+    student into `out`."""
     from companion.finetune import evaluate
     from companion.provenance import check_run_arguments, environment, seed_summary
     from companion.prune import merged_classifier, parameter_count, polarity_data
@@ -211,7 +212,7 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
         run["validation_accuracy"] = evaluate(student, data["validation"]).accuracy
         return student, run
 
-    first, variants, artifacts = seeds[0], {}, {}
+    first, variants, artifacts, firsts = seeds[0], {}, {}, {}
     for variant in VARIANTS:
         search = {}
         temperatures = (1.0,) if variant == "hard" else config.temperatures  # T does not enter CE
@@ -226,9 +227,7 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
                     "test_agreement_with_teacher": float((test.predictions == teacher_test.predictions).mean())}
             runs.append(run)
             if seed == first:
-                name = f"student-{variant}-seed-{seed}.safetensors"
-                save_student(student, out / name)
-                artifacts[name] = sha256(out / name)
+                firsts[variant] = student
         variants[variant] = {
             "alpha": VARIANTS[variant], "temperature": chosen,
             "temperature_search": {str(t): search[t][1]["validation_accuracy"] for t in temperatures},
@@ -239,6 +238,11 @@ def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | Non
         print(f"{variant}: T={chosen:g}, test accuracy "
               f"{variants[variant]['test_accuracy']['mean']:.3f} ± {variants[variant]['test_accuracy']['std']:.3f}",
               flush=True)
+    # One student ships (14 MB each): the first seed's of the variant best on validation.
+    best = max(variants, key=lambda v: variants[v]["validation_accuracy"]["mean"])
+    name = f"student-{best}-seed-{first}.safetensors"
+    save_student(firsts[best], out / name)
+    artifacts[name] = sha256(out / name)
     student = build_student(config.n_layers)
     results = {
         "key": KEY, "task": "Pang & Lee sentence polarity (companion.corpora.load_polarity)",

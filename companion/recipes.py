@@ -71,6 +71,7 @@ TRIPLES = "triples"  # companion.triples: knowledge triples by patterns, a tagge
 CODEGEN = "codegen"  # companion.codegen: SmolLM2 writes HumanEval's functions; the sandbox tests them
 DISTILL = "distill"  # companion.distill: the polarity MiniLM distilled into 2-layer students
 PRUNE = "prune-recover"  # companion.prune: pruned polarity MiniLMs, recovered by a short fine-tune
+ADVERSARIAL = "adversarial"  # companion.adversarial_recipe: clean, FGM and PGD fine-tuning, attacked
 PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
@@ -739,12 +740,17 @@ def _triples_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     return _run_one_thread(args, lambda out: run_recipe(out, seeds=seeds), headline)
 
 
+COMPRESSION_MODULES = {DISTILL: "companion.distill", PRUNE: "companion.prune",
+                       ADVERSARIAL: "companion.adversarial_recipe"}
+
+
 def _compression_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """The command for distill (companion.distill) and prune-recover (companion.prune): 3 seeds,
-    runs/KEY (or --out), one thread; --subset N (sentences per split) and --seeds for a quick look."""
+    """The command for distill (companion.distill), prune-recover (companion.prune) and adversarial
+    (companion.adversarial_recipe): 3 seeds, runs/KEY (or --out), one thread; --subset N (sentences
+    per split) and --seeds for a quick look."""
     from importlib import import_module
 
-    module = import_module("companion.distill" if args.key == DISTILL else "companion.prune")
+    module = import_module(COMPRESSION_MODULES[args.key])
     if (args.steps, args.max_steps) != (None, None):
         parser.error(f"{args.key} trains whole epochs: use --subset N and --seeds for a quick look")
     _check_recipe_args(parser, args, "trains whole epochs")
@@ -765,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
                         + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, "prompt-grid", INSTRUCT,
-                                    RAG, CODEGEN, TRIPLES, DISTILL, PRUNE])
+                                    RAG, CODEGEN, TRIPLES, DISTILL, PRUNE, ADVERSARIAL])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert, book-gpt-choice)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")
@@ -804,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         return _triples_main(parser, args)
     if args.key == CODEGEN:
         return _codegen_main(parser, args)
-    if args.key in (DISTILL, PRUNE):
+    if args.key in COMPRESSION_MODULES:
         return _compression_main(parser, args)
     if (args.max_steps, args.subset, args.seeds) != (None, None, None):
         parser.error("--max-steps, --subset and --seeds are for the polarity recipes: use --steps")

@@ -10,7 +10,8 @@ al., 2020, FreeLB) takes K such steps of size alpha, each projected onto the L2 
 eps around the original matrix, and backpropagates the loss at the last point only.
 
 `embedding_attack` evaluates: L2 PGD on a batch's input embeddings (the word-embedding layer's
-output, moved by a forward hook), one ball of radius eps per sentence, no random start.
+output, moved by a forward hook), one ball of radius eps per sentence, no random start;
+`embedding_attack_data` runs it over a data set.
 `attack_text` / `attack_success_rate` attack raw texts character by character (Gao et al., 2018,
 DeepWordBug; Pruthi et al., 2019) through any `predict_proba(texts) -> (n, classes)`: words
 (split on whitespace, rejoined with single spaces) ranked by leave-one-out importance are edited
@@ -167,6 +168,25 @@ def embedding_attack(model: nn.Module, batch: dict, eps: float = 1.0, steps: int
     return EmbeddingAttack(labels=batch["labels"].cpu().numpy(), clean=clean.cpu().numpy(),
                            attacked=attacked.cpu().numpy(),
                            norms=delta.flatten(1).norm(dim=1).cpu().numpy())
+
+
+def embedding_attack_data(model: nn.Module, data: Sequence[dict], eps: float = 1.0, steps: int = 5,
+                          alpha: float = 0.5, batch_size: int = 32) -> EmbeddingAttack:
+    """`embedding_attack` on encoded sentences (finetune.encode) in length-sorted batches (less
+    padding); the arrays in the data's order."""
+    from companion.finetune import _pad_id, collate
+
+    if len(data) == 0:
+        raise ValueError("no sentences to attack")
+    order = sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]))
+    parts, device = [], next(model.parameters()).device
+    for i in range(0, len(order), batch_size):
+        batch = collate([data[j] for j in order[i:i + batch_size]], _pad_id(model))
+        parts.append(embedding_attack(model, {k: v.to(device) for k, v in batch.items()},
+                                      eps, steps, alpha))
+    back = np.argsort(order)
+    return EmbeddingAttack(*(np.concatenate([getattr(p, f) for p in parts])[back]
+                             for f in ("labels", "clean", "attacked", "norms")))
 
 
 # ----------------------------------------------------------------------------- character attack

@@ -8,6 +8,7 @@ from transformers import BertConfig, BertModel
 
 from companion import distill
 from companion.finetune import MeanPoolClassifier
+from companion.recipes import shipped_results
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -137,3 +138,12 @@ def test_recipe_refuses_to_write_into_the_shipped_results():
 
     with pytest.raises(ValueError, match="shipped results"):
         distill.run_recipe(RESULTS / "distill")
+
+
+def test_shipped_distill_results_are_a_full_run_with_one_intact_student():
+    results = shipped_results("distill")  # checks every sha256
+    assert results["full_run"] is True and results["seeds"] == [0, 1, 2]
+    best = max(results["variants"], key=lambda v: results["variants"][v]["validation_accuracy"]["mean"])
+    assert list(results["artifacts"]) == [f"student-{best}-seed-0.safetensors"]
+    for v in results["variants"].values():
+        assert len(v["runs"]) == 3 and v["test_accuracy"]["values"] == [r["test_accuracy"] for r in v["runs"]]

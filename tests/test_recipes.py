@@ -383,7 +383,7 @@ def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
             recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
-            recipes.DISTILL, recipes.PRUNE]
+            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL]
     for key in keys:
         assert f"| `{key}` |" in (root / "README.md").read_text()
 
@@ -396,7 +396,7 @@ def test_make_reproduce_reruns_every_recipe():
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
             recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
-            recipes.DISTILL, recipes.PRUNE]
+            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL]
     assert sorted(listed) == sorted(keys)
 
 
@@ -532,7 +532,8 @@ def test_the_generation_recipes_run_on_one_thread_with_a_subset(key, module, tmp
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("key, module", [(recipes.DISTILL, "distill"), (recipes.PRUNE, "prune")])
+@pytest.mark.parametrize("key, module", [(recipes.DISTILL, "distill"), (recipes.PRUNE, "prune"),
+                                         (recipes.ADVERSARIAL, "adversarial_recipe")])
 def test_the_compression_recipes_run_on_one_thread_with_seeds_and_a_subset(key, module, tmp_path,
                                                                           monkeypatch, capsys):
     import importlib

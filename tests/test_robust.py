@@ -361,3 +361,109 @@ def test_an_edit_that_does_not_help_costs_no_budget():
 
     result = robust.attack_text("a b good", 1, needs_three_words_and_good, budget=1, seed=0)
     assert result.success and [e[1] for e in result.edits] == ["good"]
+
+
+# --- the adversarial recipe ------------------------------------------------------------------
+
+def test_embedding_attack_data_is_the_batch_attack_in_the_data_order():
+    model = tiny_classifier()
+    rows, batch = toy_batch(n=7)
+    whole = robust.embedding_attack(model, batch, eps=0.5, steps=3, alpha=0.25)
+    parts = robust.embedding_attack_data(model, rows, eps=0.5, steps=3, alpha=0.25, batch_size=3)
+    assert np.array_equal(parts.labels, whole.labels) and np.array_equal(parts.clean, whole.clean)
+    assert np.array_equal(parts.attacked, whole.attacked)
+    assert np.allclose(parts.norms, whole.norms, atol=1e-5) and (parts.norms <= 0.5 + 1e-5).all()
+    with pytest.raises(ValueError, match="no sentences"):
+        robust.embedding_attack_data(model, [], eps=0.5)
+
+
+def tiny_data(n, seed):
+    rows, _ = toy_batch(n=n, seed=seed)
+    return rows
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_the_clean_arm_is_train_classifier_step_for_step(select):
+    from companion.adversarial_recipe import train_adversarial
+
+    config = ft.FinetuneConfig(lr=1e-2, head_lr=1e-2, epochs=2, batch_size=4, select=select)
+    train, validation = tiny_data(10, 1), tiny_data(4, 2)
+    models, results = [], []
+    for fit in (ft.train_classifier, lambda *a, **k: train_adversarial(*a, arm="clean", **k)):
+        model = tiny_classifier()
+        torch.manual_seed(5)  # dropout draws
+        results.append(fit(model, train, validation, config, seed=3))
+        models.append(model)
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), name
+    assert results[0].history == results[1].history and results[0].tokens == results[1].tokens
+    assert results[0].best_epoch == results[1].best_epoch and results[1].steps == 6
+
+
+@pytest.mark.parametrize("arm", ["fgm", "pgd"])
+def test_the_adversarial_arms_train_differently_and_leave_frozen_embeddings_alone(arm):
+    from companion.adversarial_recipe import train_adversarial
+
+    config = ft.FinetuneConfig(lr=1e-2, head_lr=1e-2, epochs=1, batch_size=4)
+    train, validation = tiny_data(8, 1), tiny_data(4, 2)
+    trained = []
+    for which in ("clean", arm):
+        model = tiny_classifier()
+        robust.input_embeddings(model).weight.requires_grad_(False)  # as under LoRA
+        torch.manual_seed(5)
+        train_adversarial(model, train, validation, config, arm=which, eps=2.0, seed=3)
+        trained.append(model)
+    original = robust.input_embeddings(tiny_classifier()).weight
+    assert all(torch.equal(robust.input_embeddings(m).weight, original) for m in trained)
+    assert not torch.equal(trained[0].head.weight, trained[1].head.weight)
+
+
+def test_train_adversarial_and_the_config_refuse_bad_settings():
+    from companion.adversarial_recipe import AdversarialConfig, train_adversarial
+
+    rows = tiny_data(4, 1)
+    with pytest.raises(ValueError, match="unknown arm"):
+        train_adversarial(tiny_classifier(), rows, rows, ft.FinetuneConfig(), arm="fgsm")
+    with pytest.raises(ValueError, match="LP-FT"):
+        train_adversarial(tiny_classifier(), rows, rows, ft.FinetuneConfig(probe_init=True))
+    with pytest.raises(ValueError, match="must not be empty"):
+        train_adversarial(tiny_classifier(), [], rows, ft.FinetuneConfig())
+    for bad in ({"eps_grid": ()}, {"eps_grid": (0.0, 1.0)}, {"budget": 0}, {"attack_eps": 0.0},
+                {"attack_sentences": 0}, {"pgd_steps": 0}):
+        with pytest.raises(ValueError):
+            AdversarialConfig(**bad)
+
+
+def test_the_recipe_on_a_subset_writes_every_arm_to_results_json(tmp_path):
+    import json
+    import time
+
+    from companion import adversarial_recipe as adv
+    from companion.provenance import verified_results
+
+    start = time.perf_counter()
+    config = adv.AdversarialConfig(eps_grid=(1.0,), epochs=1, attack_sentences=2, budget=1,
+                                   attack_steps=1)
+    results = adv.run_recipe(tmp_path / "run", seeds=(0,), subset=8, config=config)
+    assert time.perf_counter() - start < 30
+    stored = verified_results(tmp_path / "run", adv.KEY)  # the adapters' sha256 checked
+    assert stored == json.loads(json.dumps(results))
+    assert {"key", "full_run", "subset", "seeds", "config", "finetune_config", "protocol", "split_sizes",
+            "arms", "wall_seconds", "artifacts", "device", "versions"} <= set(stored)
+    assert stored["full_run"] is False and stored["split_sizes"] == {"train": 8, "validation": 8, "test": 8}
+    assert list(stored["arms"]) == list(adv.ARMS) and stored["character_attack_sentences"] == 2
+    assert stored["arms"]["clean"]["eps"] is None and stored["arms"]["fgm"]["eps"] == 1.0
+    for arm in stored["arms"].values():
+        for name in ("test_accuracy", "test_embedding_attack_accuracy", "test_character_attack_accuracy"):
+            assert 0 <= arm[name]["mean"] <= 1 and len(arm[name]["values"]) == 1
+    assert any(name.startswith("pgd/seed-0/") for name in stored["artifacts"])
+    assert len(adv.headline(stored).splitlines()) == 3
+
+
+def test_the_recipe_never_writes_into_the_shipped_results():
+    from companion import adversarial_recipe as adv
+    from companion.recipes import RESULTS
+
+    with pytest.raises(ValueError, match="shipped results"):
+        adv.run_recipe(RESULTS / adv.KEY)
+    assert not (RESULTS / adv.KEY).exists()

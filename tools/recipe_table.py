@@ -47,6 +47,9 @@ WHAT = {
                "(temperature chosen on validation; 3 seeds)",
     "prune-recover": "the polarity MiniLM pruned (20% / 50% of weights, 25% of heads, half the heads and "
                      "FFN), then a 2-epoch recovery fine-tune (3 seeds)",
+    "adversarial": "the polarity MiniLM (LoRA) fine-tuned clean, with FGM and with PGD on the embeddings "
+                   "(eps chosen on validation), attacked in embedding space and character by character "
+                   "(3 seeds)",
 }
 
 
@@ -106,10 +109,10 @@ def _row(key: str) -> tuple[str, str, str] | None:
         r = module.shipped_results(folder)
         seconds = r["compute_seconds"] if key == "codegen" else r["wall_seconds"]  # codegen resumes parts
         return f"{seconds / 60:.0f}", r["device"], module.headline(r).replace("\n", "; ")
-    if key in ("distill", "prune-recover"):
+    if key in recipes.COMPRESSION_MODULES:
         from importlib import import_module
 
-        module = import_module("companion.distill" if key == "distill" else "companion.prune")
+        module = import_module(recipes.COMPRESSION_MODULES[key])
         r = recipes.shipped_results(key)
         return f"{r['wall_seconds'] / 60:.0f}", r["device"], module.headline(r).replace("\n", "; ")
     if key == "reviews-zh":
@@ -157,7 +160,7 @@ def table() -> str:
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *tagging.RECIPE_KEYS,
             "reviews-zh", "neural-lm-zh", "peft-compare", "prompt-grid", "instruct",
-            "rag", "codegen", "triples", "distill", "prune-recover"]
+            "rag", "codegen", "triples", "distill", "prune-recover", "adversarial"]
     lines = ["| recipe | what | training minutes (sum over runs) | recorded on | headline |",
              "| --- | --- | ---: | --- | --- |"]
     for key in keys:
