@@ -18,14 +18,11 @@ advance: the robustness chapter's) and under the character attack (`budget` word
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
-import torch
 from torch import nn
 
 KEY = "adversarial"
@@ -62,9 +59,7 @@ def train_adversarial(model: nn.Module, train: Sequence[dict], validation: Seque
                       seed: int = 0, max_steps: int | None = None, desc: str | None = None):
     """`finetune.train_classifier` (same batches, schedule and selection; arm "clean" is that
     function step for step) with an FGM or PGD step after every clean backward."""
-    from companion.book import progress
-    from companion.finetune import (TrainResult, _linear_schedule, _logits, _pad_id, batch_order, collate,
-                                    evaluate, param_groups)
+    from companion.finetune import train_classifier
     from companion.robust import fgm_step, pgd_step
 
     if arm not in ARMS:
@@ -73,55 +68,11 @@ def train_adversarial(model: nn.Module, train: Sequence[dict], validation: Seque
         raise ValueError("train and validation data must not be empty")
     if config.probe_init:
         raise ValueError("train_adversarial does not do LP-FT: use a config with probe_init=False")
-    steps = config.epochs * math.ceil(len(train) / config.batch_size)
-    steps = steps if max_steps is None else min(steps, max_steps)
-    optimizer = torch.optim.AdamW(param_groups(model, config))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                 _linear_schedule(steps, int(config.warmup * steps)))
-    generator = torch.Generator().manual_seed(seed)
-    lengths, pad = [len(e["input_ids"]) for e in train], _pad_id(model)
-    device = next(model.parameters()).device
-    history, best, best_state, best_epoch, step, epoch, tokens = [], None, None, 0, 0, 0, 0
-    start = time.perf_counter()
-    bar = progress(total=steps, desc=desc or f"{arm} seed {seed}")
-    while step < steps:
-        epoch += 1
-        model.train()
-        losses = []
-        for indices in batch_order(lengths, config.batch_size, generator, config.group_by_length):
-            if step == steps:
-                break
-            batch = {k: v.to(device) for k, v in collate([train[j] for j in indices], pad).items()}
-            loss = nn.functional.cross_entropy(_logits(model, batch).float(), batch["labels"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower lr ({config.lr})")
-            loss.backward()
-            if arm == "fgm":
-                fgm_step(model, batch, eps)
-            elif arm == "pgd":
-                pgd_step(model, batch, eps, pgd_alpha * eps, pgd_steps)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            tokens += int(batch["attention_mask"].sum())
-            step += 1
-            bar.update()
-        val = evaluate(model, validation)
-        history.append({"epoch": epoch, "step": step, "train_loss": round(float(np.mean(losses)), 4),
-                        "val_accuracy": val.accuracy, "val_loss": round(val.loss, 4)})
-        bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_acc=f"{val.accuracy:.3f}")
-        if config.select == "best" and (best is None or (val.accuracy, -val.loss) > best):
-            best, best_epoch = (val.accuracy, -val.loss), epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    bar.close()
-    if config.select == "best" and best_epoch != epoch:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = epoch
-    model.eval()
-    return TrainResult(steps=step, epochs=epoch, best_epoch=best_epoch, tokens=tokens,
-                       seconds=time.perf_counter() - start, history=history)
+    adversarial = {"clean": None,
+                   "fgm": lambda model, batch: fgm_step(model, batch, eps),
+                   "pgd": lambda model, batch: pgd_step(model, batch, eps, pgd_alpha * eps, pgd_steps)}[arm]
+    return train_classifier(model, train, validation, config, seed, max_steps=max_steps,
+                            desc=desc or f"{arm} seed {seed}", after_backward=adversarial)
 
 
 def run_recipe(out: Path, *, seeds: Sequence[int] = (0, 1, 2), subset: int | None = None,

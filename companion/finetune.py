@@ -328,9 +328,12 @@ def _linear_schedule(steps: int, warmup: int) -> Callable[[int], float]:
 
 def train_classifier(model: nn.Module, train: Sequence[dict], validation: Sequence[dict],
                      config: FinetuneConfig, seed: int = 0, *, max_steps: int | None = None,
-                     device: torch.device | str | None = None, desc: str | None = None) -> TrainResult:
+                     device: torch.device | str | None = None, desc: str | None = None,
+                     after_backward: Callable[[nn.Module, dict], object] | None = None) -> TrainResult:
     """Fine-tune with AdamW, warmup + linear decay; validate after each epoch and keep the best
-    (config.select="best") or the last weights. `max_steps` cuts a run short (tests)."""
+    (config.select="best") or the last weights. `max_steps` cuts a run short (tests);
+    `after_backward(model, batch)` runs after each backward pass, before the optimizer step (it may
+    add to the gradients: adversarial training)."""
     from companion.book import progress
 
     if len(train) == 0 or len(validation) == 0:
@@ -368,6 +371,8 @@ def train_classifier(model: nn.Module, train: Sequence[dict], validation: Sequen
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower lr ({config.lr})")
             loss.backward()
+            if after_backward is not None:
+                after_backward(model, batch)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
