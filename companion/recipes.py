@@ -72,6 +72,7 @@ CODEGEN = "codegen"  # companion.codegen: SmolLM2 writes HumanEval's functions; 
 DISTILL = "distill"  # companion.distill: the polarity MiniLM distilled into 2-layer students
 PRUNE = "prune-recover"  # companion.prune: pruned polarity MiniLMs, recovered by a short fine-tune
 ADVERSARIAL = "adversarial"  # companion.adversarial_recipe: clean, FGM and PGD fine-tuning, attacked
+CONTINUAL = "continual"  # companion.continual_recipe: three tasks in sequence, forgetting and mitigations
 PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
@@ -741,7 +742,7 @@ def _triples_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 COMPRESSION_MODULES = {DISTILL: "companion.distill", PRUNE: "companion.prune",
-                       ADVERSARIAL: "companion.adversarial_recipe"}
+                       ADVERSARIAL: "companion.adversarial_recipe", CONTINUAL: "companion.continual_recipe"}
 
 
 def _compression_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -771,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
                         + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, "prompt-grid", INSTRUCT,
-                                    RAG, CODEGEN, TRIPLES, DISTILL, PRUNE, ADVERSARIAL])
+                                    RAG, CODEGEN, TRIPLES, DISTILL, PRUNE, ADVERSARIAL, CONTINUAL])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert, book-gpt-choice)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")

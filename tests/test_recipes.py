@@ -533,7 +533,8 @@ def test_the_generation_recipes_run_on_one_thread_with_a_subset(key, module, tmp
 
 
 @pytest.mark.parametrize("key, module", [(recipes.DISTILL, "distill"), (recipes.PRUNE, "prune"),
-                                         (recipes.ADVERSARIAL, "adversarial_recipe")])
+                                         (recipes.ADVERSARIAL, "adversarial_recipe"),
+                                         (recipes.CONTINUAL, "continual_recipe")])
 def test_the_compression_recipes_run_on_one_thread_with_seeds_and_a_subset(key, module, tmp_path,
                                                                           monkeypatch, capsys):
     import importlib
