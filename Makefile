@@ -72,7 +72,7 @@ book: env
 	@echo "The site is in _build/html/index.html"
 
 test: resources
-	$(BIN)/python -m pytest tests $$($(BIN)/python tools/toc.py) $(PYTEST_NBVAL) --book
+	$(BIN)/python -m pytest tests $$($(BIN)/python tools/toc.py) $(PYTEST_NBVAL) --book --durations=25
 
 # Drift check (not part of .ci/run): the same suite in .venv-latest with the newest versions
 # pyproject.toml allows, torch kept at TORCH_SPEC.

@@ -35,10 +35,10 @@ from companion.robust import LossFn, classifier_loss
 
 def _default_collate(model: nn.Module) -> Callable[[list], dict]:
     """finetune.collate with the model's pad id (0 for a model without a config)."""
-    from companion.finetune import _pad_id, collate
+    from companion.finetune import collate, pad_id
 
     try:
-        pad = _pad_id(model)
+        pad = pad_id(model)
     except AttributeError:
         pad = 0
     return lambda rows: collate(rows, pad)

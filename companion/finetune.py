@@ -126,7 +126,7 @@ def collate(examples: list[dict], pad_id: int = 0) -> dict[str, torch.Tensor]:
             "labels": torch.stack([e["labels"] for e in examples])}
 
 
-def _pad_id(model: nn.Module) -> int:
+def pad_id(model: nn.Module) -> int:
     """The id a model's batches are padded with (its config's pad_token_id, else 0)."""
     config = getattr(model, "config", None) or model.encoder.config
     return config.pad_token_id if config.pad_token_id is not None else 0
@@ -226,9 +226,14 @@ class Evaluation:
         return self.probabilities.argmax(1)
 
 
-def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def classifier_logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The logits of a batch, for a MeanPoolClassifier or a transformers/peft classifier."""
     return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def classifier_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of a classifier on a batch (logits in float32)."""
+    return nn.functional.cross_entropy(classifier_logits(model, batch).float(), batch["labels"])
 
 
 @torch.no_grad()
@@ -238,13 +243,13 @@ def evaluate(model: nn.Module, data: Sequence[dict], batch_size: int = 64) -> Ev
         raise ValueError("no sentences to evaluate")
     was_training = model.training
     model.eval()
-    device, pad = next(model.parameters()).device, _pad_id(model)
+    device, pad = next(model.parameters()).device, pad_id(model)
     order = sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]))  # less padding
     logits_t = torch.empty(len(data), 0)
     for i in range(0, len(order), batch_size):
         rows = order[i:i + batch_size]
         batch = {k: v.to(device) for k, v in collate([data[j] for j in rows], pad).items()}
-        out = _logits(model, batch).float().cpu()
+        out = classifier_logits(model, batch).float().cpu()
         if logits_t.shape[1] == 0:
             logits_t = torch.empty(len(data), out.shape[1])
         logits_t[rows] = out
@@ -263,7 +268,7 @@ def mean_pooled(model: MeanPoolClassifier, data: Sequence[dict], batch_size: int
     model.eval()
     device, out = next(model.parameters()).device, []
     for i in range(0, len(data), batch_size):
-        batch = collate(list(data[i:i + batch_size]), _pad_id(model))
+        batch = collate(list(data[i:i + batch_size]), pad_id(model))
         out.append(model.pool(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu())
     model.train(was_training)
     return torch.cat(out).numpy()
@@ -351,7 +356,7 @@ def train_classifier(model: nn.Module, train: Sequence[dict], validation: Sequen
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _linear_schedule(steps, int(config.warmup * steps)))
     generator = torch.Generator().manual_seed(seed)
-    pad, history, tokens, step = _pad_id(model), [], 0, 0
+    pad, history, tokens, step = pad_id(model), [], 0, 0
     lengths = [len(e["input_ids"]) for e in train]
     best: tuple[float, float] | None = None
     best_state, best_epoch = None, 0
@@ -367,7 +372,7 @@ def train_classifier(model: nn.Module, train: Sequence[dict], validation: Sequen
                 break
             batch = collate([train[j] for j in indices], pad)
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss = nn.functional.cross_entropy(_logits(model, batch).float(), batch["labels"])
+            loss = classifier_loss(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: lower lr ({config.lr})")
             loss.backward()

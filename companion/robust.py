@@ -28,15 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from companion.finetune import classifier_loss  # the loss FGM and PGD perturb by default (re-exported)
+
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-
-
-def classifier_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of a classifier (MeanPoolClassifier, transformers or peft) on a batch."""
-    from companion.finetune import _logits
-
-    return nn.functional.cross_entropy(_logits(model, batch).float(), batch["labels"])
 
 
 def input_embeddings(model: nn.Module) -> nn.Module:
@@ -133,7 +128,7 @@ def embedding_attack(model: nn.Module, batch: dict, eps: float = 1.0, steps: int
                      alpha: float = 0.5, loss_fn: LossFn = classifier_loss) -> EmbeddingAttack:
     """L2 PGD on the input embeddings, per sentence, in eval mode; model and .grad are left alone."""
     _check(eps, steps, alpha)
-    from companion.finetune import _logits
+    from companion.finetune import classifier_logits
 
     layer, mask = input_embeddings(model), batch["attention_mask"]
     delta: torch.Tensor | None = None  # (batch, tokens, hidden), zero on padding
@@ -146,7 +141,7 @@ def embedding_attack(model: nn.Module, batch: dict, eps: float = 1.0, steps: int
     handle = layer.register_forward_hook(add_delta)
     try:
         with torch.no_grad():
-            clean = _logits(model, batch).argmax(-1)
+            clean = classifier_logits(model, batch).argmax(-1)
             shape = (*batch["input_ids"].shape, layer.weight.shape[1])
         keep = mask.unsqueeze(-1).to(torch.float32)
         delta = torch.zeros(shape, device=layer.weight.device)
@@ -161,7 +156,7 @@ def embedding_attack(model: nn.Module, batch: dict, eps: float = 1.0, steps: int
             delta = delta * scale.view(-1, 1, 1)
         delta = delta.detach()
         with torch.no_grad():
-            attacked = _logits(model, batch).argmax(-1)
+            attacked = classifier_logits(model, batch).argmax(-1)
     finally:
         handle.remove()
         model.train(was_training)
@@ -174,14 +169,14 @@ def embedding_attack_data(model: nn.Module, data: Sequence[dict], eps: float = 1
                           alpha: float = 0.5, batch_size: int = 32) -> EmbeddingAttack:
     """`embedding_attack` on encoded sentences (finetune.encode) in length-sorted batches (less
     padding); the arrays in the data's order."""
-    from companion.finetune import _pad_id, collate
+    from companion.finetune import collate, pad_id
 
     if len(data) == 0:
         raise ValueError("no sentences to attack")
     order = sorted(range(len(data)), key=lambda i: len(data[i]["input_ids"]))
     parts, device = [], next(model.parameters()).device
     for i in range(0, len(order), batch_size):
-        batch = collate([data[j] for j in order[i:i + batch_size]], _pad_id(model))
+        batch = collate([data[j] for j in order[i:i + batch_size]], pad_id(model))
         parts.append(embedding_attack(model, {k: v.to(device) for k, v in batch.items()},
                                       eps, steps, alpha))
     back = np.argsort(order)

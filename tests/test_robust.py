@@ -192,7 +192,7 @@ def test_embedding_attack_lowers_accuracy_inside_the_ball_and_touches_nothing():
     assert np.all(result.norms <= 3.0 * (1 + 1e-5)) and np.all(result.norms > 1.0)  # steps of 1 add up
     assert result.accuracy < result.clean_accuracy
     with torch.no_grad():
-        clean = ft._logits(model.eval(), batch).argmax(-1).numpy()
+        clean = ft.classifier_logits(model.eval(), batch).argmax(-1).numpy()
     assert np.array_equal(result.clean, clean)
 
 
@@ -436,16 +436,13 @@ def test_train_adversarial_and_the_config_refuse_bad_settings():
 
 def test_the_recipe_on_a_subset_writes_every_arm_to_results_json(tmp_path):
     import json
-    import time
 
     from companion import adversarial_recipe as adv
     from companion.provenance import verified_results
 
-    start = time.perf_counter()
     config = adv.AdversarialConfig(eps_grid=(1.0,), epochs=1, attack_sentences=2, budget=1,
                                    attack_steps=1)
     results = adv.run_recipe(tmp_path / "run", seeds=(0,), subset=8, config=config)
-    assert time.perf_counter() - start < 30
     stored = verified_results(tmp_path / "run", adv.KEY)  # the adapters' sha256 checked
     assert stored == json.loads(json.dumps(results))
     assert {"key", "full_run", "subset", "seeds", "config", "finetune_config", "protocol", "split_sizes",

@@ -50,6 +50,8 @@ WHAT = {
     "adversarial": "the polarity MiniLM (LoRA) fine-tuned clean, with FGM and with PGD on the embeddings "
                    "(eps chosen on validation), attacked in embedding space and character by character "
                    "(3 seeds)",
+    "continual": "one MiniLM fine-tuned on polarity, then POS, then NER: sequential, replay, EWC (lambda "
+                 "chosen on validation) and one LoRA adapter per task (3 seeds)",
 }
 
 
@@ -160,7 +162,8 @@ def table() -> str:
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
             *tagging.RECIPE_KEYS,
             "reviews-zh", "neural-lm-zh", "peft-compare", "prompt-grid", "instruct",
-            "rag", "codegen", "triples", "distill", "prune-recover", "adversarial"]
+            "rag", "codegen", "triples", "distill", "prune-recover", "adversarial",
+            "continual"]
     lines = ["| recipe | what | training minutes (sum over runs) | recorded on | headline |",
              "| --- | --- | ---: | --- | --- |"]
     for key in keys:
