@@ -11,6 +11,7 @@ command that reruns them.
     python -m companion.recipes polarity-full       # MiniLM fully fine-tuned on polarity, 3 seeds
     python -m companion.recipes polarity-lora --max-steps 5 --subset 64 --seeds 0   # a quick check
     python -m companion.recipes neural-lm-zh        # the language-model chapter's MLP, 4 epochs, 3 seeds
+    python -m companion.recipes continual           # polarity -> POS -> NER: forgetting and its remedies
 
 Each run trains with `companion.training.train` on the movie-review corpus and writes a plain
 Hugging Face folder (`config.json`, `model.safetensors`, the tokenizer, `recipe.json` with the
@@ -746,9 +747,9 @@ COMPRESSION_MODULES = {DISTILL: "companion.distill", PRUNE: "companion.prune",
 
 
 def _compression_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """The command for distill (companion.distill), prune-recover (companion.prune) and adversarial
-    (companion.adversarial_recipe): 3 seeds, runs/KEY (or --out), one thread; --subset N (sentences
-    per split) and --seeds for a quick look."""
+    """The command for distill (companion.distill), prune-recover (companion.prune), adversarial
+    (companion.adversarial_recipe) and continual (companion.continual_recipe): 3 seeds, runs/KEY (or
+    --out), one thread; --subset N (examples per split) and --seeds for a quick look."""
     from importlib import import_module
 
     module = import_module(COMPRESSION_MODULES[args.key])
