@@ -22,6 +22,7 @@ as a `Sequence` of `ClassLabel`, so ``features["ner_tags"].feature.names`` maps 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import random
 from pathlib import Path
@@ -371,10 +372,16 @@ def read_chatterbot(language: str = "english") -> list[list[str]]:
     Files are read in name order and conversations in file order; a conversation repeated (the
     tech-support file repeats 10 pairs 1,050 times) is kept once, at its first occurrence.
     """
-    import yaml
-
     if language not in CHATTERBOT_LANGUAGES:
         raise ValueError(f"language must be one of {CHATTERBOT_LANGUAGES}, got {language!r}")
+    return [list(turns) for turns in _chatterbot_conversations(language)]
+
+
+@functools.lru_cache(maxsize=None)
+def _chatterbot_conversations(language: str) -> tuple[tuple[str, ...], ...]:
+    """`read_chatterbot`'s conversations, parsed once per process (the YAML takes about a second)."""
+    import yaml
+
     from companion.resources import REGISTRY
 
     names = sorted(n for n in REGISTRY["chatterbot"].files if n.split("/")[-2] == language)
@@ -382,11 +389,11 @@ def read_chatterbot(language: str = "english") -> list[list[str]]:
     for name in names:
         data = yaml.safe_load(data_file("chatterbot", name).read_text(encoding="utf-8"))
         for turns in data.get("conversations") or []:
-            turns = [str(t).strip() for t in turns]
-            if len(turns) >= 2 and all(turns) and tuple(turns) not in seen:
-                seen.add(tuple(turns))
+            turns = tuple(str(t).strip() for t in turns)
+            if len(turns) >= 2 and all(turns) and turns not in seen:
+                seen.add(turns)
                 conversations.append(turns)
-    return conversations
+    return tuple(conversations)
 
 
 def load_chatterbot(language: str = "english") -> DatasetDict:

@@ -33,7 +33,11 @@ SCOPES = ("global", "layer")
 
 
 def merged_classifier(seed: int = 0) -> nn.Module:
-    """The shipped polarity-lora classifier of `seed` with its adapter merged: a plain MiniLM."""
+    """The shipped polarity-lora classifier of `seed` with its adapter merged: a plain MiniLM.
+
+    The encoder's weights come back with requires_grad=False (peft froze them before merging):
+    call `model.requires_grad_(True)` before fine-tuning all of it.
+    """
     from companion.finetune import MeanPoolClassifier
     from companion.recipes import shipped_adapter, shipped_results
 

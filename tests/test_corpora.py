@@ -226,5 +226,7 @@ def test_chatterbot_conversations_are_distinct_and_split_without_overlap():
     seen = [{tuple(t) for t in splits[name]["turns"]} for name in ("train", "validation", "test")]
     assert [len(s) for s in seen] == [372, 46, 47]
     assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+    english[0].append("changed by a caller")  # parsed once, but each call gets its own lists
+    assert read_chatterbot("english")[0][-1] != "changed by a caller"
     with pytest.raises(ValueError, match="language"):
         read_chatterbot("klingon")
