@@ -95,10 +95,10 @@ notebooks: resources
 # its results.json or recipe.json). The shipped copies are left alone; REPLACE_SHIPPED=1 replaces
 # them (then run tools/register_checkpoints.py for the checkpoints). Override the threads with
 # COMPANION_THREADS (the shipped runs record theirs).
-RECIPES := book-gpt book-bert bert-standard-init book-gpt-choice polarity-search polarity-plain \
+RECIPES := book-gpt book-bert bert-standard-init bert-ablation book-gpt-choice polarity-search polarity-plain \
 	polarity-full polarity-lora polarity-decoder twitter-ner oanc-pos peoples-daily-ner \
 	peoples-daily-cws reviews-zh neural-lm-zh peft-compare prompt-grid instruct \
-	rag codegen triples distill prune-recover adversarial
+	rag codegen triples distill prune-recover adversarial continual
 REPLACE_SHIPPED ?= 0
 reproduce: resources
 	set -e; for recipe in $(RECIPES); do \

@@ -12,6 +12,7 @@ import warnings as _warnings
 from companion import env as _env
 
 _env.configure_hugging_face()
+_env.quiet_torchao_import()
 # The Hugging Face libraries import tqdm.auto, which warns in a kernel without ipywidgets; the
 # book's progress bars are plain text (companion.progress), so that warning says nothing.
 _warnings.filterwarnings("ignore", message="IProgress not found")

@@ -8,6 +8,7 @@ Online (``COMPANION_ONLINE=1``) nothing is changed and the same call downloads f
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -54,3 +55,27 @@ def configure_hugging_face() -> None:
             "not be used: restart the kernel and put `import companion` first.",
             stacklevel=3,
         )
+
+
+# torchao, which transformers imports whenever it loads a model, logs at import time that its
+# CUDA-only kernels cannot be loaded, and torch then logs that torchao uses a deprecated pytree
+# call: nothing a reader can act on, in every chapter. Only those records are dropped.
+_TORCHAO_NOISE = {
+    "torchao": ("Failed to load", ("_C_mxfp8", "_C_cutlass")),
+    "torch.utils._pytree": ("register_constant() on Enum subclasses is deprecated", ("",)),
+}
+
+
+def _keep_record(record: logging.LogRecord) -> bool:
+    """False for the import-time log records of torchao on a machine without its CUDA kernels."""
+    phrase, parts = _TORCHAO_NOISE.get(record.name, ("", ()))
+    message = record.getMessage()
+    return not (phrase in message and any(part in message for part in parts))
+
+
+def quiet_torchao_import() -> None:
+    """Drop torchao's import-time log records about CUDA kernels and a torch deprecation."""
+    for name in _TORCHAO_NOISE:
+        logger = logging.getLogger(name)
+        if _keep_record not in logger.filters:
+            logger.addFilter(_keep_record)

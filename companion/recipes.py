@@ -7,6 +7,7 @@ command that reruns them.
     python -m companion.recipes book-gpt --replace-shipped   # maintainers: refresh the shipped copy
     python -m companion.recipes bert-standard-init  # book-bert from standard init: the curve only
     python -m companion.recipes book-gpt-choice     # book-gpt's recipe against its first one, 3 seeds
+    python -m companion.recipes bert-ablation       # the halves of book-bert's local init, 3 seeds
     python -m companion.recipes polarity-search     # fine-tuning hyperparameters, chosen on validation
     python -m companion.recipes polarity-full       # MiniLM fully fine-tuned on polarity, 3 seeds
     python -m companion.recipes polarity-lora --max-steps 5 --subset 64 --seeds 0   # a quick check
@@ -66,6 +67,7 @@ REVIEWS = "reviews-zh"  # companion.reviews: the Chinese reviews' character mode
 NEURAL_LM = "neural-lm-zh"  # companion.neural_lm: the language-model chapter's MLP, trained for epochs
 BERT_STANDARD = "bert-standard-init"  # book-bert from BERT's standard init: its validation curve only
 GPT_CHOICE = "book-gpt-choice"  # book-gpt's recipe against its first one, 3 seeds: curves only
+BERT_ABLATION = "bert-ablation"  # the halves of local_attention_init, 250 steps, 3 seeds: curves only
 INSTRUCT = "instruct"  # companion.instruct: instruction tuning of SmolLM2 and book-gpt, LoRA and full
 RAG = "rag"  # companion.rag: an assistant that retrieves before it answers, English and Chinese
 TRIPLES = "triples"  # companion.triples: knowledge triples by patterns, a tagger and SmolLM2
@@ -352,6 +354,82 @@ def gpt_choice_headline(results: dict) -> str:
     loss = results["final_validation_loss"]
     return (f"validation loss over {len(results['seeds'])} seeds: " + ", ".join(
         f"{name} {s['mean']:.4f} ± {s['std']:.4f}" for name, s in loss.items()) + f" {results['validation_loss_unit']}")
+
+
+# ----------------------------------------------------------------------------- the BERT chapter's ablation
+
+ABLATION_STEPS = 250
+ABLATION_ARMS = {  # keyword arguments of local_attention_init; None: BERT's own initialisation
+    "bert-init": None,
+    "sinusoids-only": {"identity": False},
+    "identity-only": {"sinusoids": False},
+    "both": {},
+}
+
+
+def bert_ablation_run(arm: str, seed: int = 0, steps: int = ABLATION_STEPS) -> dict:
+    """book-bert's data, batches and learning rate for `steps` steps from the initialisation `arm`,
+    as the BERT chapter trains live (warmup 50, 16 validation batches every 50 steps); its curve."""
+    from companion.bert import local_attention_init
+    from companion.training import train
+
+    if arm not in ABLATION_ARMS:
+        raise ValueError(f"unknown arm {arm!r}; the arms are {', '.join(ABLATION_ARMS)}")
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    recipe = replace(RECIPES["book-bert"], seed=seed, local_init=False)
+    _, model, train_data, val_data, collate = build(recipe)  # the model drawn after manual_seed(seed)
+    if ABLATION_ARMS[arm] is not None:
+        local_attention_init(model, **ABLATION_ARMS[arm])
+    start = time.perf_counter()
+    result = train(model, train_data, eval_data=val_data, steps=steps, lr=recipe.lr,
+                   batch_size=recipe.batch_size, warmup=min(50, steps), eval_every=min(50, steps),
+                   eval_batches=16, collate_fn=collate, seed=seed, progress=False)
+    curve = result.history.dropna(subset=["eval_loss"])
+    return {"arm": arm, "seed": seed, "steps": result.step,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "final_validation_loss": round(float(curve.eval_loss.iloc[-1]), 4),
+            "history": {"step": [int(x) for x in curve.step],
+                        "eval_loss": [round(float(x), 4) for x in curve.eval_loss]}}
+
+
+def bert_ablation(out: Path, *, seeds: tuple[int, ...] = (0, 1, 2), steps: int | None = None) -> dict:
+    """Every arm of ABLATION_ARMS from each seed (`out`/runs/ARM-seed-S.json, kept when finished) and
+    `out`/results.json with the final validation losses, mean ± std over the seeds."""
+    seeds = check_run_arguments(seeds, None, None)
+    steps = ABLATION_STEPS if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    out = run_folder(out)
+    runs, artifacts, start = [], {}, time.perf_counter()
+    for arm in ABLATION_ARMS:
+        for seed in seeds:
+            name = f"runs/{arm}-seed-{seed}.json"
+            done = json.loads((out / name).read_text()) if (out / name).exists() else None
+            if done is None or done["steps"] != steps:
+                print(f"{arm}, seed {seed}: training", flush=True)
+                done = bert_ablation_run(arm, seed, steps)
+                (out / "runs").mkdir(exist_ok=True)
+                (out / name).write_text(json.dumps(done, indent=1) + "\n")
+            runs.append(done)
+            artifacts[name] = sha256(out / name)
+    results = {
+        "key": BERT_ABLATION, "recipe": asdict(RECIPES["book-bert"]), "steps": steps, "seeds": seeds,
+        "arms": ABLATION_ARMS, "validation_loss_unit": "nats per masked character",
+        "final_validation_loss": {arm: seed_summary([r["final_validation_loss"] for r in runs
+                                                     if r["arm"] == arm]) for arm in ABLATION_ARMS},
+        "train_seconds": round(sum(r["train_seconds"] for r in runs), 1),
+        "artifacts": artifacts, "wall_seconds": round(time.perf_counter() - start, 1), **environment(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+def bert_ablation_headline(results: dict) -> str:
+    """One line: each arm's final validation loss, mean ± std over the seeds."""
+    loss = results["final_validation_loss"]
+    return (f"validation loss after {results['steps']} steps over {len(results['seeds'])} seeds: "
+            + ", ".join(f"{arm} {s['mean']:.4f} ± {s['std']:.4f}" for arm, s in loss.items()))
 
 
 # ----------------------------------------------------------------------------- polarity fine-tuning
@@ -659,6 +737,17 @@ def _gpt_choice_main(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     return _run_one_thread(args, lambda out: gpt_choice(out, seeds=seeds, steps=args.steps), gpt_choice_headline)
 
 
+def _bert_ablation_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The command for bert-ablation: every arm from each seed, runs/bert-ablation (or --out)."""
+    if (args.max_steps, args.subset) != (None, None):
+        parser.error(f"{args.key} takes --steps (a quick check) and --seeds, not --max-steps or --subset")
+    if args.replace_shipped and args.steps is not None:
+        parser.error("--replace-shipped ships the full runs: drop --steps")
+    seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
+    return _run_one_thread(args, lambda out: bert_ablation(out, seeds=seeds, steps=args.steps),
+                           bert_ablation_headline)
+
+
 def _peft_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The command for peft-compare (companion.peft_compare): every method, runs/peft-compare (or --out)."""
     from companion import peft_compare
@@ -772,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
-                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, "prompt-grid", INSTRUCT,
+                        + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, BERT_ABLATION, "prompt-grid", INSTRUCT,
                                     RAG, CODEGEN, TRIPLES, DISTILL, PRUNE, ADVERSARIAL, CONTINUAL])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert, book-gpt-choice)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
@@ -804,6 +893,8 @@ def main(argv: list[str] | None = None) -> int:
         return _prompt_main(parser, args)
     if args.key == GPT_CHOICE:
         return _gpt_choice_main(parser, args)
+    if args.key == BERT_ABLATION:
+        return _bert_ablation_main(parser, args)
     if args.key == INSTRUCT:
         return _instruct_main(parser, args)
     if args.key == RAG:

@@ -54,3 +54,30 @@ def test_an_empty_home_is_an_error_not_the_current_folder(monkeypatch):
             companion_home()
         with pytest.raises(ValueError, match="COMPANION_HOME is set but empty"):
             hf_home()
+
+
+def test_only_torchaos_import_noise_is_dropped(caplog):
+    import logging
+
+    from companion.env import quiet_torchao_import
+
+    quiet_torchao_import()
+    quiet_torchao_import()  # twice: one filter per logger
+    assert logging.getLogger("torchao").filters.count(companion.env._keep_record) == 1
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.so: no CUDA")
+        logging.getLogger("torch.utils._pytree").warning(
+            "<enum 'E'> is an Enum subclass ... Calling register_constant() on Enum subclasses is "
+            "deprecated and will be an error in a future release.")
+        logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_other.so")
+        logging.getLogger("torch.utils._pytree").warning("another warning")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Failed to load /x/torchao/_C_other.so", "another warning"]
+
+
+def test_loading_a_model_prints_no_torchao_noise():
+    code = ("import companion\nfrom transformers import AutoModelForCausalLM\n"
+            "AutoModelForCausalLM.from_pretrained('HuggingFaceTB/SmolLM2-135M-Instruct')\n"
+            "import sys; assert 'torchao' in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Failed to load" not in out.stderr and "register_constant" not in out.stderr, out.stderr

@@ -199,3 +199,37 @@ def test_gptq_on_a_model_block_by_block_and_bad_input():
         Q.gptq_quantize(w, torch.eye(128), granularity="tensor")
     with pytest.raises(ValueError, match="group_size"):
         Q.gptq_quantize(w, torch.eye(128), granularity="group", group_size=48)
+
+
+def test_torchao_int8_weights_are_ours_with_its_scale_and_within_one_of_our_steps():
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    layer = torch.nn.Linear(96, 40, bias=False)
+    torch.nn.init.normal_(layer.weight, generator=torch.Generator().manual_seed(0))
+    w = layer.weight.detach().clone()
+    quantize_(layer, Int8WeightOnlyConfig())
+    theirs = layer.weight
+    scale = w.abs().amax(dim=1, keepdim=True) / 127.5  # 256 levels, -128..127
+    assert torch.equal(theirs.scale.view(-1, 1), scale)
+    assert torch.equal(theirs.qdata, torch.clamp(torch.round(w * (1 / scale)), -128, 127).to(torch.int8))
+    ours = Q.quantize(w, 8, granularity="channel")
+    gap = (theirs.dequantize() - Q.dequantize(ours)).abs()
+    assert torch.all(gap <= ours.scale * (1 + 1e-5))
+    x = torch.randn(5, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), x @ theirs.dequantize().T, rtol=1e-5, atol=1e-5)
+
+
+def test_torchao_int4_groups_use_sixteen_levels_and_half_a_step():
+    from torchao.quantization import IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    layer = torch.nn.Linear(64, 8, bias=False)
+    w = layer.weight.detach().clone()
+    quantize_(layer, IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))
+    theirs = layer.weight
+    scale = w.reshape(-1, 32).abs().amax(dim=1, keepdim=True) / 7.5  # levels -8..7
+    torch.testing.assert_close(theirs.scale.reshape(-1, 1), scale)
+    assert int(theirs.qdata.min()) >= -8 and int(theirs.qdata.max()) <= 7
+    error = (theirs.dequantize() - w).abs().reshape(-1, 32)
+    assert torch.all(error <= scale / 2 * (1 + 1e-5))

@@ -386,10 +386,10 @@ def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
     check = subprocess.run([sys.executable, "tools/recipe_table.py", "--check"], cwd=root,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
-            *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
-            recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
-            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL]
+    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.BERT_ABLATION, recipes.GPT_CHOICE,
+            *recipes.POLARITY_RECIPES, *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM,
+            recipes.PEFT, "prompt-grid", recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
+            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL, recipes.CONTINUAL]
     for key in keys:
         assert f"| `{key}` |" in (root / "README.md").read_text()
 
@@ -399,10 +399,10 @@ def test_make_reproduce_reruns_every_recipe():
 
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     listed = re.search(r"^RECIPES := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
-    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.GPT_CHOICE, *recipes.POLARITY_RECIPES,
-            *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM, recipes.PEFT, "prompt-grid",
-            recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
-            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL]
+    keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.BERT_ABLATION, recipes.GPT_CHOICE,
+            *recipes.POLARITY_RECIPES, *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM,
+            recipes.PEFT, "prompt-grid", recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
+            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL, recipes.CONTINUAL]
     assert sorted(listed) == sorted(keys)
 
 
@@ -570,3 +570,63 @@ def test_run_folder_is_created_and_never_inside_the_shipped_results(tmp_path):
     with pytest.raises(ValueError, match="where the shipped results live"):
         recipes.run_folder(recipes.RESULTS / "anything")
     assert not (recipes.RESULTS / "anything").exists()
+
+
+@pytest.fixture
+def fake_ablation_run(monkeypatch):
+    """recipes.bert_ablation_run replaced by a stub whose loss depends on the arm and the seed."""
+    calls = []
+
+    def run(arm, seed=0, steps=recipes.ABLATION_STEPS):
+        calls.append((arm, seed, steps))
+        loss = round(2.8 - 0.4 * (arm == "both") + seed / 100, 4)
+        return {"arm": arm, "seed": seed, "steps": steps, "train_seconds": 1.0, "final_validation_loss": loss,
+                "history": {"step": [steps], "eval_loss": [loss]}}
+
+    monkeypatch.setattr(recipes, "bert_ablation_run", run)
+    return calls
+
+
+def test_bert_ablation_trains_every_arm_per_seed_and_keeps_finished_runs(tmp_path, fake_ablation_run):
+    r = recipes.bert_ablation(tmp_path, seeds=(0, 1))
+    assert fake_ablation_run == [(arm, s, 250) for arm in recipes.ABLATION_ARMS for s in (0, 1)]
+    assert r["final_validation_loss"]["both"]["values"] == [2.4, 2.41]
+    assert r["final_validation_loss"]["bert-init"]["mean"] == pytest.approx(2.805)
+    assert sorted(r["artifacts"]) == sorted(f"runs/{a}-seed-{s}.json" for a in recipes.ABLATION_ARMS for s in (0, 1))
+    assert recipes.verified_results(tmp_path, recipes.BERT_ABLATION) == json.loads(json.dumps(r))
+    assert "both 2.4050 ± 0.0071" in recipes.bert_ablation_headline(r)
+    recipes.bert_ablation(tmp_path, seeds=(0, 1))  # finished: nothing trained again
+    assert len(fake_ablation_run) == 8
+    recipes.bert_ablation(tmp_path, seeds=(0,), steps=3)  # another length: trained again
+    assert fake_ablation_run[8:] == [(arm, 0, 3) for arm in recipes.ABLATION_ARMS]
+
+
+@pytest.mark.parametrize("kw, message", [({"seeds": ()}, "seeds is empty"), ({"steps": 0}, "at least 1")])
+def test_bert_ablation_refuses_bad_arguments(tmp_path, fake_ablation_run, kw, message):
+    with pytest.raises(ValueError, match=message):
+        recipes.bert_ablation(tmp_path, **kw)
+    with pytest.raises(ValueError, match="inside"):
+        recipes.bert_ablation(recipes.RESULTS / "somewhere")
+
+
+def test_a_bert_ablation_run_returns_its_curve_and_refuses_an_unknown_arm():
+    with pytest.raises(ValueError, match="unknown arm 'half'"):
+        recipes.bert_ablation_run("half")
+    with pytest.raises(ValueError, match="at least 1"):
+        recipes.bert_ablation_run("both", steps=0)
+    run = recipes.bert_ablation_run("identity-only", seed=1, steps=1)  # the real thing, one step
+    assert (run["arm"], run["seed"], run["steps"], run["history"]["step"]) == ("identity-only", 1, 1, [1])
+    assert run["final_validation_loss"] == run["history"]["eval_loss"][-1] > 0
+
+
+def test_the_shipped_bert_ablation_has_every_arm_over_three_seeds():
+    r = recipes.shipped_results(recipes.BERT_ABLATION)  # every run's file checked by its sha256
+    assert r["steps"] == recipes.ABLATION_STEPS and len(r["seeds"]) >= 3
+    assert r["arms"] == recipes.ABLATION_ARMS
+    for arm in recipes.ABLATION_ARMS:
+        runs = [json.loads((recipes.RESULTS / recipes.BERT_ABLATION / f"runs/{arm}-seed-{s}.json").read_text())
+                for s in r["seeds"]]
+        assert [run["history"]["step"] for run in runs] == [list(range(50, 251, 50))] * len(runs)
+        values = [run["history"]["eval_loss"][-1] for run in runs]
+        assert r["final_validation_loss"][arm]["values"] == values
+        assert r["final_validation_loss"][arm]["mean"] == pytest.approx(sum(values) / len(values), abs=1e-6)
