@@ -639,8 +639,8 @@ def _finished_part(path: Path, out: Path, key: dict) -> dict | None:
 
 
 def shipped_results(key: str, folder: Path | None = None) -> dict:
-    """The results.json of a polarity recipe (default: the shipped copy), every artifact's sha256
-    checked against it."""
+    """The results.json of recipe `key` (default: the shipped copy in companion/results/KEY), every
+    artifact's sha256 checked against it."""
     return verified_results(Path(folder) if folder is not None else RESULTS / key, key)
 
 
