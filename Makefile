@@ -98,7 +98,7 @@ notebooks: resources
 RECIPES := book-gpt book-bert bert-standard-init bert-ablation book-gpt-choice polarity-search polarity-plain \
 	polarity-full polarity-lora polarity-decoder twitter-ner oanc-pos peoples-daily-ner \
 	peoples-daily-cws reviews-zh neural-lm-zh peft-compare prompt-grid instruct \
-	rag codegen triples distill prune-recover adversarial continual
+	rag codegen triples distill prune-recover adversarial continual draft
 REPLACE_SHIPPED ?= 0
 reproduce: resources
 	set -e; for recipe in $(RECIPES); do \

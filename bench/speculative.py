@@ -1,16 +1,18 @@
 """Speculative decoding against plain greedy decoding, side by side, on SmolLM2-135M-Instruct.
 
-For each draft (the target's first n layers, `companion.speculative.layer_draft`, or with
-`--lookup` the model-free `companion.speculative.PromptLookup`) and each k, the same prompts are
-decoded greedily three ways, alternating which goes first: `generate` without a draft,
-`companion.speculative.speculative_generate`, and transformers' assisted generation with the same
-draft (`assistant_model=`, or `prompt_lookup_num_tokens=` for the lookup draft). Prints the
+For each draft (the target's first n layers, `companion.speculative.layer_draft`; with
+`--lookup` the model-free `companion.speculative.PromptLookup`; with `--distilled` the 2-layer
+draft the `draft` recipe distilled from SmolLM2, `companion.draft_recipe.load_draft`) and each
+k, the same prompts are decoded greedily three ways, alternating which goes first: `generate`
+without a draft, `companion.speculative.speculative_generate`, and transformers' assisted
+generation with the same draft (`assistant_model=`, or `prompt_lookup_num_tokens=` for the lookup draft). Prints the
 acceptance rate, the tokens per target pass and the wall-clock speed-up of each over plain
 `generate` (the outputs are checked to be identical).
 
     .venv/bin/python bench/speculative.py                      # drafts of 6 and 12 layers, k = 2, 4
     .venv/bin/python bench/speculative.py --layers 10 --k 3 --tokens 96 --threads 1
     .venv/bin/python bench/speculative.py --task copy --layers --lookup --k 4 8   # prompt lookup
+    .venv/bin/python bench/speculative.py --layers --distilled --k 1 2 3 4      # the distilled draft
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, nargs="*", default=[6, 12], help="draft depths (of 30)")
     parser.add_argument("--lookup", action="store_true", help="also the prompt-lookup draft")
+    parser.add_argument("--distilled", action="store_true",
+                        help="also the shipped distilled draft (python -m companion.recipes draft)")
     parser.add_argument("--task", choices=["chat", "copy"], default="chat",
                         help="open chat prompts, or copy-heavy ones")
     parser.add_argument("--k", type=int, nargs="+", default=[2, 4], help="tokens drafted per round")
@@ -78,6 +82,12 @@ def main() -> int:
     drafts = [(str(n), layer_draft(model, n)) for n in args.layers]
     if args.lookup:
         drafts.append(("lookup", PromptLookup()))
+    if args.distilled:
+        from companion.draft_recipe import KEY, load_draft
+        from companion.recipes import RESULTS, shipped_results
+
+        shipped_results(KEY)  # checks the draft's sha256
+        drafts.append(("distil", load_draft(model, RESULTS / KEY / "draft-seed-0.safetensors")))
     for n, draft in drafts:
         lookup = isinstance(draft, PromptLookup)
         for k in args.k:

@@ -76,6 +76,7 @@ DISTILL = "distill"  # companion.distill: the polarity MiniLM distilled into 2-l
 PRUNE = "prune-recover"  # companion.prune: pruned polarity MiniLMs, recovered by a short fine-tune
 ADVERSARIAL = "adversarial"  # companion.adversarial_recipe: clean, FGM and PGD fine-tuning, attacked
 CONTINUAL = "continual"  # companion.continual_recipe: three tasks in sequence, forgetting and mitigations
+DRAFT = "draft"  # companion.draft_recipe: SmolLM2 distilled into a 2-layer draft for speculative decoding
 PEFT = "peft-compare"  # companion.peft_compare: PEFT methods side by side on polarity
 
 EOT = "<|endoftext|>"
@@ -711,12 +712,12 @@ def _neural_lm_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -
                                                         seeds=seeds), headline)
 
 
-def _run_one_thread(args: argparse.Namespace, run_recipe, headline) -> int:
-    """Run a recipe on one thread (as the shipped runs were) into runs/KEY or --out; print its headline;
-    replace the shipped copy with --replace-shipped."""
+def _run_one_thread(args: argparse.Namespace, run_recipe, headline, threads: int = 1) -> int:
+    """Run a recipe on one thread (as the shipped runs were; `threads` for one that measures speed)
+    into runs/KEY or --out; print its headline; replace the shipped copy with --replace-shipped."""
     import companion
 
-    companion.setup(threads=1)  # the shipped runs used one thread: a busy 2-core machine, reproducible sums
+    companion.setup(threads=threads)  # one thread: a busy 2-core machine, reproducible sums
     out = args.out or RUNS / args.key
     print(f"writing {out.resolve()}")
     r = run_recipe(out)
@@ -832,13 +833,15 @@ def _triples_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 COMPRESSION_MODULES = {DISTILL: "companion.distill", PRUNE: "companion.prune",
-                       ADVERSARIAL: "companion.adversarial_recipe", CONTINUAL: "companion.continual_recipe"}
+                       ADVERSARIAL: "companion.adversarial_recipe", CONTINUAL: "companion.continual_recipe",
+                       DRAFT: "companion.draft_recipe"}
 
 
 def _compression_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """The command for distill (companion.distill), prune-recover (companion.prune), adversarial
-    (companion.adversarial_recipe) and continual (companion.continual_recipe): 3 seeds, runs/KEY (or
-    --out), one thread; --subset N (examples per split) and --seeds for a quick look."""
+    (companion.adversarial_recipe), continual (companion.continual_recipe) and draft
+    (companion.draft_recipe): 3 seeds, runs/KEY (or --out), one thread (draft: two, since it times
+    decoding as the chapters do); --subset N (examples per split) and --seeds for a quick look."""
     from importlib import import_module
 
     module = import_module(COMPRESSION_MODULES[args.key])
@@ -847,7 +850,7 @@ def _compression_main(parser: argparse.ArgumentParser, args: argparse.Namespace)
     _check_recipe_args(parser, args, "trains whole epochs")
     seeds = tuple(args.seeds) if args.seeds is not None else (0, 1, 2)
     return _run_one_thread(args, lambda out: module.run_recipe(out, seeds=seeds, subset=args.subset),
-                           module.headline)
+                           module.headline, threads=2 if args.key == DRAFT else 1)
 
 
 def bert_standard_init() -> Recipe:
@@ -862,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m companion.recipes", description=__doc__.split("\n")[0])
     parser.add_argument("key", choices=sorted(RECIPES) + sorted(POLARITY_RECIPES) + sorted(TAGGING_RECIPES)
                         + [REVIEWS, PEFT, BERT_STANDARD, NEURAL_LM, GPT_CHOICE, BERT_ABLATION, "prompt-grid", INSTRUCT,
-                                    RAG, CODEGEN, TRIPLES, DISTILL, PRUNE, ADVERSARIAL, CONTINUAL])
+                                    RAG, CODEGEN, TRIPLES, DISTILL, PRUNE, ADVERSARIAL, CONTINUAL, DRAFT])
     parser.add_argument("--steps", type=int, help="override the recipe's number of steps (book-gpt, book-bert, book-gpt-choice)")
     parser.add_argument("--max-steps", type=int, help="polarity: stop each run after N steps (a quick check)")
     parser.add_argument("--subset", type=int, help="polarity: use the first N sentences of each split")

@@ -389,7 +389,7 @@ def test_the_readme_lists_every_recipe_with_its_shipped_time_and_numbers():
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.BERT_ABLATION, recipes.GPT_CHOICE,
             *recipes.POLARITY_RECIPES, *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM,
             recipes.PEFT, "prompt-grid", recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
-            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL, recipes.CONTINUAL]
+            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL, recipes.CONTINUAL, recipes.DRAFT]
     for key in keys:
         assert f"| `{key}` |" in (root / "README.md").read_text()
 
@@ -402,7 +402,7 @@ def test_make_reproduce_reruns_every_recipe():
     keys = [*recipes.RECIPES, recipes.BERT_STANDARD, recipes.BERT_ABLATION, recipes.GPT_CHOICE,
             *recipes.POLARITY_RECIPES, *recipes.TAGGING_RECIPES, recipes.REVIEWS, recipes.NEURAL_LM,
             recipes.PEFT, "prompt-grid", recipes.INSTRUCT, recipes.RAG, recipes.CODEGEN, recipes.TRIPLES,
-            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL, recipes.CONTINUAL]
+            recipes.DISTILL, recipes.PRUNE, recipes.ADVERSARIAL, recipes.CONTINUAL, recipes.DRAFT]
     assert sorted(listed) == sorted(keys)
 
 
@@ -540,12 +540,16 @@ def test_the_generation_recipes_run_on_one_thread_with_a_subset(key, module, tmp
 
 @pytest.mark.parametrize("key, module", [(recipes.DISTILL, "distill"), (recipes.PRUNE, "prune"),
                                          (recipes.ADVERSARIAL, "adversarial_recipe"),
-                                         (recipes.CONTINUAL, "continual_recipe")])
+                                         (recipes.CONTINUAL, "continual_recipe"),
+                                         (recipes.DRAFT, "draft_recipe")])
 def test_the_compression_recipes_run_on_one_thread_with_seeds_and_a_subset(key, module, tmp_path,
                                                                           monkeypatch, capsys):
     import importlib
 
-    calls = []
+    import companion
+
+    calls, threads = [], []
+    monkeypatch.setattr(companion, "setup", lambda **kw: threads.append(kw.get("threads")))
 
     def run_recipe(out, **kw):
         calls.append((Path(out), kw))
@@ -557,6 +561,7 @@ def test_the_compression_recipes_run_on_one_thread_with_seeds_and_a_subset(key, 
     monkeypatch.chdir(tmp_path)
     assert recipes.main([key, "--subset", "8", "--seeds", "0"]) == 0
     assert calls == [(Path("runs") / key, {"seeds": (0,), "subset": 8})]
+    assert threads == [2 if key == recipes.DRAFT else 1]  # the draft recipe times decoding on two
     assert "headline" in capsys.readouterr().out
     for argv in ([key, "--steps", "2"], [key, "--max-steps", "2"]):
         with pytest.raises(SystemExit):
