@@ -11,12 +11,12 @@ output layer (49,152 x 576) costs more than two blocks on a CPU.
 
 Since the draft is trained to copy the target's greedy choices, the share of answer tokens on
 which it agrees with the target (`agreement`, teacher-forced) is what speculative decoding's
-acceptance rate depends on. The recipe measures it on the validation answers after each epoch,
-then, once per seed, the acceptance, tokens per target pass and wall-clock ratio of
-`speculative.speculative_generate` on test questions, and of `transformers`' assisted generation
-with the same draft.
+acceptance rate depends on. The recipe measures it on the validation answers after each epoch;
+then, once per seed, the acceptance and tokens per target pass of
+`speculative.speculative_generate` on test questions; and, for the first seed, its wall-clock
+ratio to plain greedy decoding and that of `transformers`' assisted generation with the same draft.
 
->>> draft = load_draft(target, RESULTS / "draft" / "draft-seed-0.safetensors")
+>>> draft = load_draft(target, recipes.RESULTS / "draft" / "draft-seed-0.safetensors")
 """
 
 from __future__ import annotations
